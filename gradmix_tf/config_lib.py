@@ -1,0 +1,130 @@
+"""Shared config fields, quick mode, and resolving a config by name.
+
+Experiment configs live in the top-level `configs/` folder as Python files
+with `get_config()` returning an `ml_collections.ConfigDict`; they start
+from `base_config()` here.
+"""
+
+import os
+
+import ml_collections
+
+from gradmix_tf.errors import ConfigError
+
+DATA_DIR_ENV = "GRADMIX_DATA_DIR"
+CACHE_DIR_ENV = "GRADMIX_CACHE_DIR"
+CONFIGS_DIR_ENV = "GRADMIX_CONFIGS_DIR"
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def base_config():
+  """Fields every digit experiment has; see `configs/digits_mnistm.py`."""
+  config = ml_collections.ConfigDict()
+  config.name = ""
+  config.method = "gradmix"
+  config.seed = 0
+  config.k = 2
+  config.quick = False
+  # Data.
+  config.data_dir = ""         # '' -> $GRADMIX_DATA_DIR or ../shared/data
+  config.cache_dir = ""        # '' -> $GRADMIX_CACHE_DIR or ~/.cache/gradmix_tf
+  config.mnistm_seed = 0
+  config.split_seed = 0
+  config.input_shape = (28, 28, 3)
+  config.max_source_examples = 0   # 0 = no cap
+  config.max_unlabelled = 0
+  config.max_test = 0
+  config.sources = ml_collections.ConfigDict()
+  config.target = ml_collections.ConfigDict(dict(
+      dataset="", classes=(), half=-1, hyperval_size=1000))
+  # Model.
+  config.model = ml_collections.ConfigDict(dict(
+      name="digit_convnet", widths=(32, 32, 64, 64), units=128))
+  # Optimisation (paper section 4.1).
+  config.steps = 2000
+  config.batch_size = 32           # per source
+  config.lr = 0.05
+  config.momentum = 0.9
+  config.finetune_lr = 0.005
+  config.finetune_steps = 300
+  # GradMix.
+  config.solver = "exact"
+  config.beta = 10.0
+  config.gamma = 0.6
+  config.rho_reduction = "sum"
+  config.max_consecutive_skips = 10
+  # Loop.
+  config.log_every = 50
+  config.eval_every = 100          # the paper's "epoch" of 100 steps
+  config.checkpoint_every = 500
+  return config
+
+
+def source(dataset, classes, half=-1):
+  """One source role: a dataset spec, its classes, optionally one half."""
+  return ml_collections.ConfigDict(dict(dataset=dataset,
+                                        classes=tuple(classes), half=half))
+
+
+def resolve(config):
+  """Fills defaults that depend on the machine and applies quick mode."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.data_dir:
+    config.data_dir = os.environ.get(DATA_DIR_ENV) or _default_data_dir()
+  if not config.cache_dir:
+    config.cache_dir = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "gradmix_tf")
+  if config.quick:
+    config.steps = min(config.steps, 30)
+    config.finetune_steps = min(config.finetune_steps, 10)
+    config.log_every = 10
+    config.eval_every = 10
+    config.checkpoint_every = 20
+    config.max_source_examples = 300
+    config.max_unlabelled = 300
+    config.max_test = 300
+    config.target.hyperval_size = min(config.target.hyperval_size, 100)
+  for field in ("steps", "batch_size", "log_every", "eval_every",
+                "checkpoint_every"):
+    if int(config[field]) < 1:
+      raise ConfigError(f"config.{field} must be at least 1, got "
+                        f"{config[field]}")
+  return config
+
+
+def _default_data_dir():
+  for candidate in (os.path.join(_REPO_ROOT, "..", "shared", "data"),
+                    os.path.join(os.getcwd(), "..", "shared", "data")):
+    if os.path.isdir(candidate):
+      return os.path.normpath(candidate)
+  return os.path.join(_REPO_ROOT, "data")
+
+
+def configs_dir():
+  return os.environ.get(CONFIGS_DIR_ENV) or os.path.join(_REPO_ROOT,
+                                                         "configs")
+
+
+def available_configs():
+  directory = configs_dir()
+  if not os.path.isdir(directory):
+    return []
+  return sorted(name[:-3] for name in os.listdir(directory)
+                if name.endswith(".py") and not name.startswith("_"))
+
+
+def config_path(name):
+  """`configs/<name>.py` for a bare name; a path ending in .py as given."""
+  if name.endswith(".py") or os.sep in name:
+    path = name.split(":", 1)[0]
+    if not os.path.isfile(path):
+      raise ConfigError(f"config file {path} does not exist")
+    return name
+  path = os.path.join(configs_dir(), name + ".py")
+  if not os.path.isfile(path):
+    raise ConfigError(
+        f"unknown config {name!r}: choose one of "
+        f"{', '.join(available_configs()) or '(none found)'} "
+        f"(files in {configs_dir()})")
+  return path

@@ -1,0 +1,5 @@
+"""Digit datasets, MNIST-M, and the source / target splits of an experiment."""
+
+from gradmix_tf.data.digits import DigitDataset, load_dataset
+from gradmix_tf.data.experiment import ExperimentData, SourceData, build_experiment
+from gradmix_tf.data.mnistm import blend_with_backgrounds

@@ -1,0 +1,180 @@
+"""The data of one MS-DTT experiment: sources, V, H, U and the test split.
+
+A *label space* is the tuple of original class ids a dataset is restricted
+to; labels are re-indexed `0..len(classes)-1` in that order. Each distinct
+label space gets one head; the target head is the head of the source(s)
+whose label space equals the target's.
+
+Splits of the target (all from its dataset's train split, after the class
+filter and the optional half):
+
+* `H`, the hyper-validation set: the first `hyperval_size` images of a
+  permutation drawn with `split_seed`, so it is fixed across run seeds;
+* `V`, `k` labelled images per class drawn with the run `seed` from the rest;
+* `U`, everything else (its labels are kept only to report, never to train);
+* test: the dataset's test split with the same class filter.
+
+`half` (0 or 1) keeps one half of a class-filtered train split, chosen by a
+permutation with `split_seed`; two roles built from the same underlying
+images (MNIST and MNIST-M made from it) with halves 0 and 1 are disjoint.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from gradmix_tf.data import digits
+from gradmix_tf.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceData:
+  name: str
+  x: np.ndarray
+  y: np.ndarray
+  head: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentData:
+  """Everything a run trains and evaluates on (uint8 images, int64 labels)."""
+  sources: tuple
+  head_classes: tuple     # per head: the original class ids, in label order
+  target_head: int
+  v: tuple
+  h: tuple
+  u: tuple                # (x, hidden labels)
+  test: tuple
+
+  @property
+  def num_classes_per_head(self):
+    return tuple(len(classes) for classes in self.head_classes)
+
+
+def build_experiment(config, seed, k, loader=None):
+  """Builds the experiment's splits from a config (see module docstring).
+
+  Args:
+    config: ConfigDict with `sources` (named roles with `dataset`, `classes`,
+      `half`), `target` (`dataset`, `classes`, `half`, `hyperval_size`),
+      `input_shape`, `split_seed`, and the optional caps `max_source_examples`,
+      `max_unlabelled`, `max_test` (0 = no cap).
+    seed: the run seed (draws V).
+    k: labelled target images per class in V.
+    loader: `spec -> DigitDataset`, for tests; defaults to `load_dataset`.
+
+  Raises:
+    ConfigError: no source shares the target's label space; bad classes.
+    DataError: too few images for `k` and `H`, unreadable files.
+  """
+  if loader is None:
+    cache = {}
+
+    def loader(spec):
+      if spec not in cache:
+        cache[spec] = digits.load_dataset(
+            spec, config.data_dir, config.cache_dir, config.mnistm_seed)
+      return cache[spec]
+
+  size, _, channels = tuple(config.input_shape)
+  target_classes = _classes(config.target.classes, "target")
+  head_classes = []
+  sources = []
+  for name in sorted(config.sources):
+    role = config.sources[name]
+    classes = _classes(role.classes, f"sources.{name}")
+    if classes not in head_classes:
+      head_classes.append(classes)
+    x, y = _select(loader(role.dataset), "train", classes, role.half,
+                   config.split_seed, f"sources.{name}")
+    x, y = _cap(x, y, config.get("max_source_examples", 0), config.split_seed)
+    sources.append(SourceData(
+        name, digits.conform_images(x, size, channels, name), y,
+        head_classes.index(classes)))
+  if not sources:
+    raise ConfigError("the config has no sources: add at least one under "
+                      "config.sources")
+  if target_classes not in head_classes:
+    raise ConfigError(
+        f"no source has the target's label space {list(target_classes)}: "
+        "at least one source must have exactly the target classes, or "
+        "nothing would train the target head")
+  target_head = head_classes.index(target_classes)
+
+  target = config.target
+  dataset = loader(target.dataset)
+  x, y = _select(dataset, "train", target_classes, target.half,
+                 config.split_seed, "target")
+  x = digits.conform_images(x, size, channels, "target")
+  order = np.random.default_rng([config.split_seed, 7]).permutation(len(y))
+  hyperval_size = int(target.hyperval_size)
+  h_index, pool = order[:hyperval_size], order[hyperval_size:]
+  v_index = _k_shot(y, pool, k, seed, len(target_classes))
+  u_index = np.setdiff1d(pool, v_index)
+  u_cap = config.get("max_unlabelled", 0)
+  if u_cap:
+    u_index = u_index[:u_cap]
+  x_test, y_test = _select(dataset, "test", target_classes, -1,
+                           config.split_seed, "target test")
+  x_test, y_test = _cap(x_test, y_test, config.get("max_test", 0),
+                        config.split_seed)
+  return ExperimentData(
+      sources=tuple(sources),
+      head_classes=tuple(head_classes),
+      target_head=target_head,
+      v=(x[v_index], y[v_index]),
+      h=(x[h_index], y[h_index]),
+      u=(x[u_index], y[u_index]),
+      test=(digits.conform_images(x_test, size, channels, "target test"),
+            y_test))
+
+
+def _classes(classes, role):
+  classes = tuple(int(c) for c in classes)
+  if not classes or len(set(classes)) != len(classes):
+    raise ConfigError(f"{role}.classes must be distinct class ids, got "
+                      f"{list(classes)}")
+  return classes
+
+
+def _select(dataset, split, classes, half, split_seed, role):
+  """Images of `classes` (labels re-indexed), optionally one half of them."""
+  x, y = dataset.split(split)
+  keep = np.flatnonzero(np.isin(y, classes))
+  missing = sorted(set(classes) - set(np.unique(y[keep]).tolist()))
+  if missing:
+    raise DataError(f"{role}: dataset {dataset.name} has no {split} images "
+                    f"of classes {missing}; check {role}.classes")
+  if half in (0, 1):
+    order = np.random.default_rng([split_seed, 3]).permutation(len(keep))
+    middle = len(keep) // 2
+    keep = np.sort(keep[order[:middle] if half == 0 else order[middle:]])
+  elif half != -1:
+    raise ConfigError(f"{role}.half must be 0, 1 or -1 (all), got {half}")
+  label_of = {c: i for i, c in enumerate(classes)}
+  labels = np.array([label_of[int(c)] for c in y[keep]], np.int64)
+  return x[keep], labels
+
+
+def _cap(x, y, cap, split_seed):
+  if not cap or len(y) <= cap:
+    return x, y
+  index = np.sort(np.random.default_rng([split_seed, 5]).permutation(
+      len(y))[:cap])
+  return x[index], y[index]
+
+
+def _k_shot(y, pool, k, seed, num_classes):
+  """`k` indices per class from `pool`, drawn with `seed`."""
+  if k < 1:
+    raise ConfigError(f"k must be at least 1, got {k}")
+  rng = np.random.default_rng([seed, 11])
+  chosen = []
+  for label in range(num_classes):
+    members = pool[y[pool] == label]
+    if len(members) < k:
+      raise DataError(
+          f"k={k} is larger than the {len(members)} target images of class "
+          f"index {label} left after the hyper-validation set; lower k")
+    chosen.append(np.sort(rng.choice(members, size=k, replace=False)))
+  return np.concatenate(chosen)

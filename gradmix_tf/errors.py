@@ -1,0 +1,21 @@
+"""Errors that reach the user as one line: what is wrong and how to fix it.
+
+The launcher catches `UserError` and prints `error: <message>` with a non-zero
+exit instead of a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+  """Bad input from the user: a config, a data file, a path."""
+
+
+class ConfigError(UserError):
+  """A config value that cannot work (unknown name, impossible setting)."""
+
+
+class DataError(UserError):
+  """A data file that is missing, corrupt or does not fit the config."""
+
+
+class TrainingError(UserError):
+  """Training cannot go on (e.g. non-finite gradients step after step)."""

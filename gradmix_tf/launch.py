@@ -1,0 +1,108 @@
+r"""Launcher: `python -m gradmix_tf.launch --config=<name> [--workdir=<dir>]`.
+
+`<name>` is a file in `configs/` (`digits_mnistm`, `digits`) or a path to a
+config file. Any field can be overridden, e.g.
+
+    python -m gradmix_tf.launch --config=digits_mnistm \
+        --config.method=fine_tune --config.k=5 --config.seed=3 \
+        --config.sources.s1.dataset=npz:/data/my_digits.npz
+
+The workdir (default `runs/<config>/<method>_k<k>_seed<seed>`) receives the
+resolved `config.json`, checkpoints (a rerun resumes from the last one),
+TensorBoard logs under `tb/`, and `metrics.json` at the end. Bad input ends
+with one `error:` line and exit status 2.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from gradmix_tf import config_lib
+from gradmix_tf.errors import ConfigError, UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config name in configs/ or path to a config file.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default runs/<config>/<run name>).")
+
+EXIT_USER_ERROR = 2
+
+
+def default_workdir(config):
+  return os.path.join("runs", config.name or "run",
+                      f"{config.method}_k{config.k}_seed{config.seed}")
+
+
+def prepare_workdir(workdir, config):
+  """Creates the workdir; refuses one that holds a run of another config."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  resolved = json.loads(config.to_json_best_effort())
+  if os.path.isfile(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != resolved:
+      changed = sorted(key for key in set(previous) | set(resolved)
+                       if previous.get(key) != resolved.get(key))
+      raise ConfigError(
+          f"{workdir} holds a run with a different config (fields "
+          f"{', '.join(changed)}); use a new --workdir or delete it")
+    return
+  partial = path + ".tmp"
+  with open(partial, "w") as f:
+    json.dump(resolved, f, indent=2, sort_keys=True)
+  os.replace(partial, path)
+
+
+def train(config, workdir):
+  """Builds the data and trains; returns the metrics dict."""
+  # Imported here so `--help` and config errors do not wait for TensorFlow.
+  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = config_lib.resolve(config)
+  workdir = workdir or default_workdir(config)
+  prepare_workdir(workdir, config)
+  logging.info("Config %s, method %s, k=%d, seed %d -> %s", config.name,
+               config.method, config.k, config.seed, workdir)
+  data = build_experiment(config, seed=int(config.seed), k=int(config.k))
+  return Trainer(config, data, workdir).run()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except UserError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _resolve_config_argument(argv):
+  """Turns `--config=<name>` into `--config=configs/<name>.py`."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + config_lib.config_path(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = config_lib.config_path(out[i + 1])
+  return out
+
+
+def run():
+  try:
+    argv = _resolve_config_argument(sys.argv)
+  except UserError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,99 @@
+"""Networks with a shared trunk and one classification head per label space.
+
+`MultiHeadClassifier(trunk, num_classes_per_head)` maps raw images (uint8 or
+float in 0..255; the trunk rescales) through the trunk to features and
+through `heads[h]` to logits. Each head is one `Dense` layer named
+`head_<h>`, so `GradMix` sees the trunk layers as shared by all sources and
+each head as reached only by the sources of its label space.
+
+The digit ConvNet (`digit_convnet`) follows the 4 conv + 2 fc shape of Luo et
+al. 2017, the network the GradMix paper uses for digits. Its widths are not
+published; ours is LeNet-like and sized for a 2-core CPU:
+
+    rescale 1/255
+    conv1 3x3, w1, ReLU      28x28 (same padding)  -> 2x2 max-pool
+    conv2 3x3, w2, ReLU      14x14
+    conv3 3x3, w3, ReLU      14x14                 -> 2x2 max-pool
+    conv4 3x3, w4, ReLU      7x7
+    fc1   dense, units, ReLU
+    fc2   = the head, one per label space
+
+With the default widths (32, 32, 64, 64) and 128 units on 28x28x3 inputs
+the forward pass is 16.6 MFLOP per image (multiply-adds counted as two
+FLOPs; `forward_flops` computes it), about 50 MFLOP per trained image. Pooling
+after conv1 rather than conv2 is what keeps a GradMix step near 0.1 s on two
+cores (see `docs/PERFORMANCE.md`). There is no batch normalisation, so a
+source's forward pass does not depend on the other sources' batches.
+"""
+
+import keras
+
+
+class MultiHeadClassifier(keras.Model):
+  """A shared trunk and one linear head per label space.
+
+  Args:
+    trunk: a Keras layer or model from images to a feature vector.
+    num_classes_per_head: the number of classes of each head.
+  """
+
+  def __init__(self, trunk, num_classes_per_head, **kwargs):
+    super().__init__(**kwargs)
+    self.trunk = trunk
+    self.num_classes_per_head = tuple(int(n) for n in num_classes_per_head)
+    self.heads = [keras.layers.Dense(n, name=f"head_{h}")
+                  for h, n in enumerate(self.num_classes_per_head)]
+
+  def call(self, images, head=0, training=False):
+    return self.heads[head](self.trunk(images, training=training))
+
+  def build_all(self, input_shape):
+    """Creates every variable (all heads) for a batch of `input_shape`."""
+    features = self.trunk(keras.ops.zeros((1,) + tuple(input_shape)))
+    for head in self.heads:
+      head(features)
+    self.built = True
+
+
+def digit_convnet_trunk(widths=(32, 32, 64, 64), units=128):
+  """The 4-conv + fc trunk of the digit experiments (module docstring)."""
+  w1, w2, w3, w4 = widths
+  conv = dict(kernel_size=3, padding="same", activation="relu")
+  return keras.Sequential([
+      keras.layers.Rescaling(1.0 / 255.0, name="rescale"),
+      keras.layers.Conv2D(w1, name="conv1", **conv),
+      keras.layers.MaxPooling2D(2, name="pool1"),
+      keras.layers.Conv2D(w2, name="conv2", **conv),
+      keras.layers.Conv2D(w3, name="conv3", **conv),
+      keras.layers.MaxPooling2D(2, name="pool2"),
+      keras.layers.Conv2D(w4, name="conv4", **conv),
+      keras.layers.Flatten(name="flatten"),
+      keras.layers.Dense(units, activation="relu", name="fc1"),
+  ], name="trunk")
+
+
+def forward_flops(input_shape, widths=(32, 32, 64, 64), units=128,
+                  num_classes=5):
+  """FLOPs of one forward pass of the digit ConvNet (2 per multiply-add)."""
+  size, _, channels = input_shape
+  w1, w2, w3, w4 = widths
+  half, quarter = size // 2, size // 4
+  macs = (size * size * 9 * channels * w1
+          + half * half * 9 * w1 * w2
+          + half * half * 9 * w2 * w3
+          + quarter * quarter * 9 * w3 * w4
+          + quarter * quarter * w4 * units
+          + units * num_classes)
+  return 2 * macs
+
+
+def build_model(model_config, input_shape, num_classes_per_head):
+  """Builds the configured network with all its variables created."""
+  if model_config.name != "digit_convnet":
+    from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(
+        f"unknown model {model_config.name!r}: use digit_convnet")
+  trunk = digit_convnet_trunk(tuple(model_config.widths), model_config.units)
+  model = MultiHeadClassifier(trunk, num_classes_per_head, name="classifier")
+  model.build_all(input_shape)
+  return model

@@ -1,0 +1,331 @@
+"""The GradMix optimizer: layer-wise mixing of per-source gradients.
+
+`GradMix` wraps an inner Keras optimizer, as `keras.optimizers.
+LossScaleOptimizer` does. Each step it receives the gradients of every source
+loss and the gradient of the validation loss on `V`, and
+
+1. groups the variables into layers (a Keras layer's variables, by the
+   parent of `variable.path`); a layer is *mixed* when every source has a
+   gradient for all of its variables (the shared trunk), otherwise it is a
+   *head* and gets the plain sum of the gradients it has (paper Eq. 10 stops
+   at layer L-1);
+2. per mixed layer computes the Gram form `A = G^T G`, `b = G^T v`, `|v|^2`
+   on the device and solves for `w~` (Eq. 6-7, `solve_weights`);
+3. `rho = sum_l cos(G w~, v)` (Eq. 8; `rho_reduction="mean"` divides by the
+   number of mixed layers), `eta = sigmoid(beta * rho - gamma)` (Eq. 9,
+   `learning_rate_scale`; 1 when `adaptive_lr=False`);
+4. hands `[G w~]_trunk + [sum_i g_i]_heads` to the inner optimizer's own
+   `apply`, with the inner learning rate `alpha` replaced by `eta * alpha`
+   for that one call (Eq. 10). The inner update rule (momentum, Adam
+   moments, weight decay, clipping) is therefore untouched and its
+   `iterations` advances by one.
+
+A step with any non-finite source or validation gradient is skipped and
+counted (`skipped_steps`, `consecutive_skips`); the trainer stops after
+`max_consecutive_skips`.
+
+Subclass and override `solve_weights(gram, cross)` or
+`learning_rate_scale(rho)` to try other rules.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from gradmix_tf import solvers
+
+_BASE_OPTIMIZER_ARGS = (
+    "weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
+    "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
+    "gradient_accumulation_steps", "learning_rate")
+
+NO_NONFINITE_SOURCE = -1
+
+
+def layer_name(variable):
+  """The layer a variable belongs to: its path without the last component."""
+  path = getattr(variable, "path", None) or variable.name
+  return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+@contextlib.contextmanager
+def _learning_rate_scaled_by(optimizer, scale):
+  """Makes `optimizer` use `scale * its current learning rate` inside.
+
+  The rate is read once (a schedule at the current iteration, as Keras
+  does before incrementing it) and restored afterwards, bypassing attribute
+  tracking so the optimizer's checkpoint dependencies do not change.
+  """
+  base = optimizer._learning_rate  # pylint: disable=protected-access
+  rate = optimizer._get_current_learning_rate()  # pylint: disable=protected-access
+  scaled = tf.cast(scale, rate.dtype) * rate
+  object.__setattr__(optimizer, "_learning_rate", lambda: scaled)
+  try:
+    yield
+  finally:
+    object.__setattr__(optimizer, "_learning_rate", base)
+
+
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class GradMix(keras.optimizers.Optimizer):
+  """Mixes per-source gradients layer-wise toward the validation gradient.
+
+  Args:
+    inner_optimizer: the `keras.optimizers.Optimizer` that applies the mixed
+      gradient (the paper: SGD, momentum 0.9).
+    beta: saturation rate of the adaptive learning rate (Eq. 9).
+    gamma: shift of the adaptive learning rate (Eq. 9).
+    solver: `"exact"` (in-graph NNLS, default), `"slsqp"` (scipy, host) or
+      `"meta_sgd"` (GradMix SGD, Ren et al. 2018).
+    adaptive_lr: `False` gives GradMix w/o AdaLR (`eta = 1`).
+    rho_reduction: `"sum"` over mixed layers (Eq. 8) or `"mean"`.
+    max_consecutive_skips: how many non-finite steps in a row the trainer
+      tolerates before stopping (read by the trainer, kept in the config).
+    name: optimizer name.
+
+  Raises:
+    ValueError: for arguments that belong to the inner optimizer, or an
+      unknown solver / reduction.
+  """
+
+  def __init__(self, inner_optimizer, beta=10.0, gamma=0.6, solver="exact",
+               adaptive_lr=True, rho_reduction="sum",
+               max_consecutive_skips=10, name=None, **kwargs):
+    for arg in _BASE_OPTIMIZER_ARGS:
+      if arg in kwargs:
+        raise ValueError(
+            f"GradMix does not take `{arg}`; set `{arg}` on the "
+            "inner_optimizer instead.")
+    if kwargs:
+      raise ValueError(
+          f"GradMix got unexpected arguments: {sorted(kwargs)}.")
+    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+      raise ValueError(
+          "GradMix wraps a keras.optimizers.Optimizer; got "
+          f"{type(inner_optimizer).__name__}.")
+    if solver not in solvers.SOLVERS:
+      raise ValueError(
+          f"Unknown GradMix solver {solver!r}; choose one of "
+          f"{solvers.SOLVERS}.")
+    if rho_reduction not in ("sum", "mean"):
+      raise ValueError(
+          f"rho_reduction must be 'sum' or 'mean', got {rho_reduction!r}.")
+    super().__init__(learning_rate=0.0, name=name or "gradmix")
+    self.inner_optimizer = inner_optimizer
+    self.beta = float(beta)
+    self.gamma = float(gamma)
+    self.solver = solver
+    self.adaptive_lr = bool(adaptive_lr)
+    self.rho_reduction = rho_reduction
+    self.max_consecutive_skips = int(max_consecutive_skips)
+    self.mixed_layer_names = None
+
+  def build(self, var_list):
+    if self.built:
+      return
+    self.skipped_steps = self.add_variable(
+        shape=(), dtype="int64", initializer="zeros", aggregation="none",
+        name="skipped_steps")
+    self.consecutive_skips = self.add_variable(
+        shape=(), dtype="int64", initializer="zeros", aggregation="none",
+        name="consecutive_skips")
+    self.inner_optimizer.build(var_list)
+    super().build(var_list)
+
+  @property
+  def variables(self):
+    return self._variables + self.inner_optimizer.variables
+
+  @property
+  def learning_rate(self):
+    return self.inner_optimizer.learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, learning_rate):
+    self.inner_optimizer.learning_rate = learning_rate
+
+  @property
+  def iterations(self):
+    return self.inner_optimizer.iterations
+
+  # -- Hooks for subclasses -------------------------------------------------
+
+  def solve_weights(self, gram, cross):
+    """Normalised weights `[layers, k]` from the Gram form (Eq. 6-7)."""
+    return solvers.solve_mix_weights(gram, cross, solver=self.solver)
+
+  def learning_rate_scale(self, rho):
+    """`eta = 1 / (1 + exp(-(beta * rho - gamma)))` (Eq. 9), or 1."""
+    if not self.adaptive_lr:
+      return tf.ones_like(rho)
+    return tf.sigmoid(self.beta * rho - self.gamma)
+
+  # -- The step ---------------------------------------------------------------
+
+  def apply(self, grads, trainable_variables=None):
+    """A single-gradient step is an ordinary step of the inner optimizer."""
+    if not self.built:
+      self.build(trainable_variables)
+      self.built = True
+    self.inner_optimizer.apply(grads, trainable_variables)
+
+  def apply_gradmix(self, source_grads, validation_grads,
+                    trainable_variables):
+    """One GradMix step.
+
+    Args:
+      source_grads: list over the `k` sources of gradient lists aligned with
+        `trainable_variables` (`None` where a source does not reach a
+        variable, e.g. another label space's head).
+      validation_grads: gradient list of the validation loss, aligned the
+        same way (`None` allowed on heads).
+      trainable_variables: the variables to update.
+
+    Returns:
+      A dict of tensors: `weights [mixed layers, k]`, `cosines [mixed
+      layers]`, `rho`, `eta`, `applied` (bool), `nonfinite_source` (index
+      of the first source with a non-finite gradient, `k` for the validation
+      gradient, -1 for none) and `source_grad_norms [k]` (over mixed layers).
+      Layer names are in `self.mixed_layer_names`.
+
+    Raises:
+      ValueError: when the gradient lists do not line up with the variables,
+        or the validation gradient is missing on a mixed layer.
+    """
+    trainable_variables = list(trainable_variables)
+    if tf.distribute.in_cross_replica_context() and (
+        tf.distribute.get_strategy().num_replicas_in_sync > 1):
+      raise ValueError("GradMix.apply_gradmix must run in a replica context.")
+    k = len(source_grads)
+    if k == 0:
+      raise ValueError("GradMix needs at least one source gradient list.")
+    for grads in list(source_grads) + [validation_grads]:
+      if len(grads) != len(trainable_variables):
+        raise ValueError(
+            f"Got {len(grads)} gradients for {len(trainable_variables)} "
+            "variables; every gradient list must align with the variables.")
+    if not self.built:
+      self.build(trainable_variables)
+      self.built = True
+
+    mixed, heads = self._group_layers(source_grads, trainable_variables)
+    for name, indices in mixed:
+      if any(validation_grads[i] is None for i in indices):
+        raise ValueError(
+            f"Layer {name!r} is shared by all sources but the validation "
+            "loss has no gradient for it; V must pass through the trunk.")
+    self.mixed_layer_names = [name for name, _ in mixed]
+
+    layer_source_grads = [[[source_grads[s][i] for i in indices]
+                           for s in range(k)] for _, indices in mixed]
+    layer_val_grads = [[validation_grads[i] for i in indices]
+                       for _, indices in mixed]
+    gram, cross, v_sq = solvers.gram_statistics(layer_source_grads,
+                                                layer_val_grads)
+    weights = self.solve_weights(gram, cross)
+    cosines = tf.cast(solvers.mixed_cosine(gram, cross, v_sq, weights),
+                      tf.float32)
+    rho = tf.reduce_sum(cosines)
+    if self.rho_reduction == "mean":
+      rho = rho / float(max(len(mixed), 1))
+    eta = tf.cast(self.learning_rate_scale(rho), tf.float32)
+
+    finite = tf.stack(
+        [_all_finite(g) for g in source_grads] + [_all_finite(validation_grads)])
+    all_finite = tf.reduce_all(finite)
+    nonfinite_source = tf.where(
+        all_finite, tf.constant(NO_NONFINITE_SOURCE, tf.int64),
+        tf.argmin(tf.cast(finite, tf.int32), output_type=tf.int64))
+
+    def apply_mixed():
+      mixed_grads = [None] * len(trainable_variables)
+      for layer_index, (_, indices) in enumerate(mixed):
+        for i in indices:
+          mixed_grads[i] = tf.add_n([
+              tf.cast(weights[layer_index, s], source_grads[s][i].dtype)
+              * source_grads[s][i] for s in range(k)])
+      for i in heads:
+        present = [source_grads[s][i] for s in range(k)
+                   if source_grads[s][i] is not None]
+        mixed_grads[i] = tf.add_n(present) if present else None
+      # tf.identity puts every gradient inside this cond branch's graph, as
+      # the inner optimizer's all-reduce (a custom gradient) requires.
+      pairs = [(tf.identity(g), v)
+               for g, v in zip(mixed_grads, trainable_variables)
+               if g is not None]
+      with _learning_rate_scaled_by(self.inner_optimizer, eta):
+        self.inner_optimizer.apply([g for g, _ in pairs],
+                                   [v for _, v in pairs])
+      self.consecutive_skips.assign(0)
+      return tf.constant(True)
+
+    def skip():
+      self.skipped_steps.assign_add(1)
+      self.consecutive_skips.assign_add(1)
+      return tf.constant(False)
+
+    applied = tf.cond(all_finite, apply_mixed, skip)
+    return {
+        "weights": weights,
+        "cosines": cosines,
+        "rho": rho,
+        "eta": eta,
+        "applied": applied,
+        "nonfinite_source": nonfinite_source,
+        "source_grad_norms": tf.sqrt(tf.maximum(tf.reduce_sum(
+            tf.linalg.diag_part(gram), 0), 0.0)),
+    }
+
+  def _group_layers(self, source_grads, trainable_variables):
+    """Splits variable indices into mixed layers and head variables."""
+    order, members = [], {}
+    for i, variable in enumerate(trainable_variables):
+      name = layer_name(variable)
+      if name not in members:
+        order.append(name)
+        members[name] = []
+      members[name].append(i)
+    mixed, heads = [], []
+    for name in order:
+      indices = members[name]
+      shared = all(grads[i] is not None
+                   for grads in source_grads for i in indices)
+      if shared:
+        mixed.append((name, indices))
+      else:
+        heads.extend(indices)
+    return mixed, heads
+
+  # -- Serialisation ----------------------------------------------------------
+
+  def finalize_variable_values(self, var_list):
+    self.inner_optimizer.finalize_variable_values(var_list)
+
+  def get_config(self):
+    return {
+        "name": self.name,
+        "inner_optimizer": keras.saving.serialize_keras_object(
+            self.inner_optimizer),
+        "beta": self.beta,
+        "gamma": self.gamma,
+        "solver": self.solver,
+        "adaptive_lr": self.adaptive_lr,
+        "rho_reduction": self.rho_reduction,
+        "max_consecutive_skips": self.max_consecutive_skips,
+    }
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    inner = keras.saving.deserialize_keras_object(
+        config.pop("inner_optimizer"), custom_objects=custom_objects)
+    return cls(inner, **config)
+
+
+def _all_finite(grads):
+  present = [tf.reduce_all(tf.math.is_finite(g)) for g in grads
+             if g is not None]
+  if not present:
+    return tf.constant(True)
+  return tf.reduce_all(tf.stack(present))

@@ -1,0 +1,321 @@
+"""Layer-wise mixing weights for GradMix (paper Eq. 6-7), on the Gram form.
+
+For one layer `l` let `G` hold the `k` source gradients of that layer as
+columns and `v` the validation gradient. Eq. 6 asks for
+
+    w* = argmax_{w >= 0} cos(G w, v)
+
+and Eq. 7 normalises it, `w~ = w* / sum(w*)`. Everything here works on the
+Gram form only:
+
+    gram  = G^T G        [layers, k, k]
+    cross = G^T v        [layers, k]
+
+so whole gradients never leave the device; the solvers see `k*k + k` numbers
+per layer.
+
+Solvers:
+
+* ``"exact"`` (default). The projection `p` of `v` onto the cone
+  `{G w : w >= 0}` maximises the cosine over that cone whenever `p != 0`, and
+  `p = G w` for the non-negative least-squares (NNLS) solution
+  `w = argmin_{w >= 0} |G w - v|^2`. An NNLS optimum is attained on a support
+  `S` whose columns are independent, where `w_S` solves `A_SS w_S = b_S`;
+  there the residual is `|v|^2 - b_S . w_S`, so the optimum is the feasible
+  (`w_S >= 0`) support with the largest `b_S . w_S`. For `k <= 8` every support
+  is enumerated at once, batched over layers; above that a projected
+  Gauss-Seidel loop (coordinate descent on the same quadratic) runs in-graph
+  until it stops moving. If no `b_i > 0` the projection is zero and the best
+  cosine is a single source: for `b <= 0`,
+  `|b.w| / |G w| >= sum w_i |b_i| / sum w_i |g_i| >= min_i |b_i| / |g_i|`
+  (triangle inequality, then the mediant inequality), so the one-hot weight
+  on the source of largest cosine is optimal.
+* ``"slsqp"``. scipy's SLSQP on `-cos`, as the paper did with NLopt, on the
+  Gram form and host-side through `tf.py_function`. Because `cos` is scale
+  free, it is solved on the simplex (`w >= 0`, `sum w = 1`), which Eq. 7 maps
+  to anyway; the run starts from uniform weights and the best vertex is kept
+  if it is better (the problem is not concave when all `b_i <= 0`).
+* ``"meta_sgd"`` (GradMix SGD; Ren et al. 2018). One meta-gradient step from
+  `w = 0` on `f_V(theta - alpha * sum_i w_i g_i)`: the derivative is
+  `-alpha <g_i, v>`, so `w_i ∝ max(0, <g_i, v>)`.
+
+Degenerate layers (all `b_i == 0`, which covers `v = 0`, or every source
+gradient zero) get uniform weights. Zero source gradients get weight 0 from
+the exact and SLSQP solvers (they cannot change the direction).
+"""
+
+import itertools
+
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+SOLVERS = ("exact", "slsqp", "meta_sgd")
+
+# Above this many sources the exact solver iterates instead of enumerating
+# the 2^k - 1 supports.
+MAX_ENUMERATED_SOURCES = 8
+
+# A support whose normalised Gram block has a smaller determinant is treated
+# as linearly dependent (normalised blocks have unit diagonal, det in [0, 1]).
+_SINGULAR_DET = 1e-10
+_FEASIBLE_TOL = 1e-10
+_GAUSS_SEIDEL_MAX_SWEEPS = 1000
+_GAUSS_SEIDEL_TOL = 1e-13
+
+
+def gram_statistics(source_grads, validation_grads):
+  """Gram matrices, cross products and |v|^2 of each layer, on the device.
+
+  Args:
+    source_grads: `[layers][k][variables]` tensors: for each layer, for each
+      source, the gradients of that layer's variables.
+    validation_grads: `[layers][variables]` tensors, the gradient of the
+      validation loss for the same variables.
+
+  Returns:
+    `(gram [layers, k, k], cross [layers, k], v_sq [layers])`, float32, with
+    `gram[l, i, j] = <g_i^l, g_j^l>`, `cross[l, i] = <g_i^l, v^l>` and
+    `v_sq[l] = |v^l|^2`, the layer's variables taken together as one vector.
+  """
+  grams, crosses, v_sqs = [], [], []
+  for layer_sources, layer_val in zip(source_grads, validation_grads):
+    gram = 0.0
+    cross = 0.0
+    v_sq = 0.0
+    for var_index, v in enumerate(layer_val):
+      stacked = tf.stack(
+          [tf.reshape(tf.cast(src[var_index], tf.float32), [-1])
+           for src in layer_sources])                      # [k, n]
+      v_flat = tf.reshape(tf.cast(v, tf.float32), [-1, 1])  # [n, 1]
+      gram += tf.matmul(stacked, stacked, transpose_b=True)
+      cross += tf.squeeze(tf.matmul(stacked, v_flat), -1)
+      v_sq += tf.reduce_sum(tf.square(v_flat))
+    grams.append(gram)
+    crosses.append(cross)
+    v_sqs.append(v_sq)
+  return tf.stack(grams), tf.stack(crosses), tf.stack(v_sqs)
+
+
+def mixed_cosine(gram, cross, v_sq, weights):
+  """Cosine between the mixed gradient `G w` and `v` for each layer (Eq. 8).
+
+  `cos = (w . b) / (sqrt(w^T A w) * |v|)`, and 0 where either norm is 0.
+
+  Args:
+    gram: `[layers, k, k]`.
+    cross: `[layers, k]`.
+    v_sq: `[layers]`, the squared norm of the validation gradient.
+    weights: `[layers, k]`.
+
+  Returns:
+    `[layers]` cosines, in the dtype of `gram`.
+  """
+  dtype = gram.dtype
+  weights = tf.cast(weights, dtype)
+  numerator = tf.reduce_sum(weights * tf.cast(cross, dtype), -1)
+  mixed_sq = tf.einsum("li,lij,lj->l", weights, gram, weights)
+  denominator = tf.sqrt(tf.maximum(mixed_sq, 0.0) * tf.cast(v_sq, dtype))
+  return tf.math.divide_no_nan(numerator, denominator)
+
+
+def solve_mix_weights(gram, cross, solver="exact"):
+  """Normalised layer-wise source weights `w~` (Eq. 6 and 7).
+
+  Args:
+    gram: `[layers, k, k]` Gram matrices of the source gradients.
+    cross: `[layers, k]` dot products of each source gradient with the
+      validation gradient.
+    solver: one of `"exact"`, `"slsqp"`, `"meta_sgd"`.
+
+  Returns:
+    `[layers, k]` float32 weights, non-negative, each row summing to 1.
+
+  Raises:
+    ValueError: for an unknown solver or badly shaped inputs.
+  """
+  if solver not in SOLVERS:
+    raise ValueError(
+        f"Unknown GradMix solver {solver!r}; choose one of {SOLVERS}.")
+  gram = tf.convert_to_tensor(gram)
+  cross = tf.convert_to_tensor(cross)
+  if gram.shape.rank != 3 or cross.shape.rank != 2:
+    raise ValueError(
+        "solve_mix_weights expects gram [layers, k, k] and cross [layers, k]; "
+        f"got shapes {gram.shape} and {cross.shape}.")
+  k = gram.shape[-1]
+  if k is None or gram.shape[-2] != k or cross.shape[-1] != k:
+    raise ValueError(
+        "solve_mix_weights: the number of sources k must be static and agree: "
+        f"gram {gram.shape}, cross {cross.shape}.")
+  if solver == "exact":
+    return _solve_exact(gram, cross)
+  if solver == "slsqp":
+    return _solve_slsqp(gram, cross)
+  return _solve_meta_sgd(cross)
+
+
+def _normalise(weights):
+  """Eq. 7: rows sum to one; an all-zero row becomes uniform."""
+  total = tf.reduce_sum(weights, -1, keepdims=True)
+  k = tf.cast(tf.shape(weights)[-1], weights.dtype)
+  uniform = tf.ones_like(weights) / k
+  return tf.where(total > 0, weights / tf.where(total > 0, total, 1.0),
+                  uniform)
+
+
+def _solve_meta_sgd(cross):
+  cross = tf.cast(cross, tf.float32)
+  return _normalise(tf.maximum(cross, 0.0))
+
+
+def _unit_diagonal_form(gram, cross):
+  """Rescales each source gradient to unit norm: `A D`, `D b` (float64).
+
+  Returns `(a_hat, b_hat, scale, active)` with `a_hat` of unit diagonal on
+  active (non-zero) sources, `b_hat` scaled so that max |b_hat| = 1 per layer,
+  and `scale = 1/|g_i|` (0 for zero gradients) to map weights back.
+  """
+  gram = tf.cast(gram, tf.float64)
+  cross = tf.cast(cross, tf.float64)
+  diag = tf.linalg.diag_part(gram)
+  active = diag > 0.0
+  scale = tf.where(active, tf.math.rsqrt(tf.where(active, diag, 1.0)), 0.0)
+  a_hat = gram * scale[:, :, None] * scale[:, None, :]
+  b_hat = cross * scale
+  b_max = tf.reduce_max(tf.abs(b_hat), -1, keepdims=True)
+  b_hat = tf.math.divide_no_nan(b_hat, b_max)
+  return a_hat, b_hat, scale, active
+
+
+def _solve_exact(gram, cross):
+  k = gram.shape[-1]
+  a_hat, b_hat, scale, active = _unit_diagonal_form(gram, cross)
+  if k <= MAX_ENUMERATED_SOURCES:
+    u = _nnls_by_enumeration(a_hat, b_hat, active, k)
+  else:
+    u = _nnls_by_gauss_seidel(a_hat, b_hat, active, k)
+  # No positive b_i: the projection is 0 and the best single source wins.
+  best_single = tf.one_hot(
+      tf.argmax(tf.where(active, b_hat, -np.inf), -1), k, dtype=tf.float64)
+  has_positive = tf.reduce_any(b_hat > 0.0, -1, keepdims=True)
+  u = tf.where(has_positive, u, best_single)
+  weights = u * scale
+  degenerate = tf.logical_or(
+      tf.reduce_all(tf.equal(b_hat, 0.0), -1, keepdims=True),
+      tf.logical_not(tf.reduce_any(active, -1, keepdims=True)))
+  weights = tf.where(degenerate, tf.zeros_like(weights), weights)
+  return tf.cast(_normalise(weights), tf.float32)
+
+
+def _support_masks(k):
+  """All non-empty subsets of k sources as a `[2^k - 1, k]` 0/1 array."""
+  masks = [m for m in itertools.product((0.0, 1.0), repeat=k) if any(m)]
+  return np.asarray(masks, dtype=np.float64)
+
+
+def _nnls_by_enumeration(a_hat, b_hat, active, k):
+  """NNLS over every support at once: `[layers, k]` non-negative solution."""
+  masks = tf.constant(_support_masks(k))                       # [S, k]
+  a_s = (a_hat[:, None] * masks[None, :, :, None]
+         * masks[None, :, None, :])                            # [L, S, k, k]
+  a_s += tf.linalg.diag(1.0 - masks)[None]
+  b_s = b_hat[:, None, :] * masks[None]                        # [L, S, k]
+  det = tf.linalg.det(a_s)
+  singular = det < _SINGULAR_DET
+  identity = tf.eye(k, dtype=tf.float64)
+  a_safe = tf.where(singular[..., None, None], identity, a_s)
+  u = tf.linalg.solve(a_safe, b_s[..., None])[..., 0]          # [L, S, k]
+  uses_inactive = tf.reduce_any(
+      tf.logical_and(masks[None] > 0, tf.logical_not(active)[:, None, :]), -1)
+  feasible = (tf.logical_not(singular)
+              & tf.logical_not(uses_inactive)
+              & tf.reduce_all(u >= -_FEASIBLE_TOL, -1))
+  value = tf.where(feasible, tf.reduce_sum(b_s * u, -1), -np.inf)
+  best = tf.argmax(value, -1)                                  # [L]
+  u_best = tf.gather(u, best, batch_dims=1)
+  return tf.maximum(u_best, 0.0)
+
+
+def _nnls_by_gauss_seidel(a_hat, b_hat, active, k):
+  """Projected Gauss-Seidel on `min_{u>=0} u^T A u / 2 - b^T u`.
+
+  With unit diagonal the coordinate minimiser is
+  `u_i <- max(0, u_i + b_i - (A u)_i)`; sweeps run until no coordinate moves
+  by more than a tolerance (or a sweep cap). Inactive sources stay at 0.
+  """
+  mask = tf.cast(active, tf.float64)
+
+  def sweep(u):
+    for i in range(k):
+      residual = b_hat[:, i] - tf.reduce_sum(a_hat[:, i, :] * u, -1)
+      new_i = tf.maximum(u[:, i] + residual, 0.0) * mask[:, i]
+      u = tf.concat([u[:, :i], new_i[:, None], u[:, i + 1:]], -1)
+    return u
+
+  def cond(step, u, change):
+    del u
+    return tf.logical_and(step < _GAUSS_SEIDEL_MAX_SWEEPS,
+                          change > _GAUSS_SEIDEL_TOL)
+
+  def body(step, u, change):
+    del change
+    new_u = sweep(u)
+    return step + 1, new_u, tf.reduce_max(tf.abs(new_u - u))
+
+  u0 = tf.zeros_like(b_hat)
+  _, u, _ = tf.while_loop(
+      cond, body, (tf.constant(0), u0, tf.constant(np.inf, tf.float64)))
+  return u
+
+
+def _negative_cosine(u, a, b):
+  norm = np.sqrt(max(float(u @ a @ u), 1e-300))
+  value = -float(b @ u) / norm
+  grad = -(b / norm) + (float(b @ u) / norm**3) * (a @ u)
+  return value, grad
+
+
+def slsqp_weights_numpy(gram, cross):
+  """SLSQP on the Gram form for each layer; numpy in, numpy out.
+
+  Solves `max cos(G u, v)` over the simplex of active (non-zero) sources on
+  the unit-norm rescaling, then maps back and normalises (Eq. 7).
+  """
+  gram = np.asarray(gram, np.float64)
+  cross = np.asarray(cross, np.float64)
+  layers, k = cross.shape
+  out = np.empty((layers, k), np.float64)
+  for l in range(layers):
+    diag = np.diag(gram[l]).copy()
+    active = diag > 0
+    if not active.any() or np.all(cross[l] == 0):
+      out[l] = 1.0 / k
+      continue
+    scale = np.where(active, 1.0 / np.sqrt(np.where(active, diag, 1.0)), 0.0)
+    a = gram[l] * scale[:, None] * scale[None, :]
+    b = cross[l] * scale
+    b = b / np.max(np.abs(b))
+    n_active = int(active.sum())
+    x0 = np.where(active, 1.0 / n_active, 0.0)
+    bounds = [(0.0, 1.0) if act else (0.0, 0.0) for act in active]
+    result = scipy.optimize.minimize(
+        _negative_cosine, x0, args=(a, b), jac=True, method="SLSQP",
+        bounds=bounds,
+        constraints=[{"type": "eq", "fun": lambda u: np.sum(u) - 1.0,
+                      "jac": lambda u: np.ones_like(u)}],
+        options={"ftol": 1e-14, "maxiter": 500})
+    candidates = [np.clip(result.x, 0.0, None)]
+    candidates += [np.eye(k)[i] for i in range(k) if active[i]]
+    best = min(candidates, key=lambda u: _negative_cosine(u, a, b)[0])
+    weights = best * scale
+    out[l] = weights / weights.sum()
+  return out
+
+
+def _solve_slsqp(gram, cross):
+  weights = tf.py_function(
+      lambda g, c: slsqp_weights_numpy(g.numpy(), c.numpy()),
+      [gram, cross], tf.float64)
+  weights.set_shape(cross.shape)
+  return tf.cast(weights, tf.float32)

@@ -1,0 +1,380 @@
+"""The multi-source trainer: methods, the compiled steps, and the loop.
+
+A run is a list of *phases*, each a step function and an optimizer:
+
+=====================  =====================================================
+method                 phases
+=====================  =====================================================
+``target_only``        V only, `steps` steps at `lr`
+``source_only``        sum of source losses (paper Eq. 1), `steps` steps
+``fine_tune``          source_only, then V for `finetune_steps` at
+                       `finetune_lr`
+``gradmix``            GradMix (exact solver, adaptive rate), `steps` steps
+``gradmix_no_adalr``   GradMix with `eta = 1`
+``gradmix_sgd``        GradMix with the meta-SGD weights (Ren et al. 2018);
+                       Eq. 7-10 as in GradMix
+=====================  =====================================================
+
+Every source loss is the mean cross-entropy of its own mini-batch on its own
+head. Each source (and V) runs its own forward pass, so its gradient is
+computed on its own examples only; with no batch normalisation in the model
+this costs the same FLOPs as one pass over the concatenated batch.
+
+Data stays on the device: each step receives only the indices of its source
+mini-batches, drawn by `batch_indices` from `(seed, source, epoch)`. The
+batches of step `n` therefore do not depend on whether the run was resumed,
+and a resumed run continues exactly where the uninterrupted one would be.
+
+The loop checkpoints (`tf.train.CheckpointManager`), writes TensorBoard
+summaries, evaluates the hyper-validation set `H` every `eval_every` steps
+(paper Fig. 3), shows progress, and writes `metrics.json` at the end.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradmix_tf import models
+from gradmix_tf.errors import ConfigError, TrainingError
+from gradmix_tf.optimizer import GradMix
+
+METHODS = ("target_only", "source_only", "fine_tune", "gradmix",
+           "gradmix_no_adalr", "gradmix_sgd")
+GRADMIX_VARIANTS = {
+    "gradmix": dict(solver=None, adaptive_lr=True),
+    "gradmix_no_adalr": dict(solver=None, adaptive_lr=False),
+    "gradmix_sgd": dict(solver="meta_sgd", adaptive_lr=True),
+}
+EVAL_BATCH = 500
+
+
+def batch_indices(num_examples, batch_size, seed, start_step, end_step):
+  """Indices `[end_step - start_step, batch_size]` of steps `start..end`.
+
+  Step `n` takes positions `n*B .. n*B+B-1` of the endless sequence of
+  permutations `perm(seed, 0), perm(seed, 1), ...` of `range(num_examples)`.
+  """
+  first = start_step * batch_size
+  last = end_step * batch_size
+  epochs = range(first // num_examples, (last - 1) // num_examples + 1)
+  stream = np.concatenate([
+      np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(
+          num_examples) for epoch in epochs])
+  offset = epochs[0] * num_examples
+  return stream[first - offset:last - offset].reshape(-1, batch_size).astype(
+      np.int32)
+
+
+def cross_entropy(labels, logits):
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits))
+
+
+def make_sgd(config, learning_rate):
+  return keras.optimizers.SGD(learning_rate=float(learning_rate),
+                              momentum=float(config.momentum))
+
+
+def make_gradmix(config, method):
+  variant = GRADMIX_VARIANTS[method]
+  return GradMix(
+      make_sgd(config, config.lr),
+      beta=config.beta,
+      gamma=config.gamma,
+      solver=variant["solver"] or config.solver,
+      adaptive_lr=variant["adaptive_lr"],
+      rho_reduction=config.rho_reduction,
+      max_consecutive_skips=config.max_consecutive_skips)
+
+
+class Trainer:
+  """Trains one method on one experiment and writes its artifacts.
+
+  Args:
+    config: the resolved ConfigDict (see `configs/`).
+    data: an `ExperimentData`.
+    workdir: where checkpoints, TensorBoard logs and metrics go.
+  """
+
+  def __init__(self, config, data, workdir):
+    if config.method not in METHODS:
+      raise ConfigError(
+          f"unknown method {config.method!r}: choose one of "
+          f"{', '.join(METHODS)}")
+    self.config = config
+    self.data = data
+    self.workdir = workdir
+    keras.utils.set_random_seed(int(config.seed))
+    self.model = models.build_model(
+        config.model, tuple(config.input_shape), data.num_classes_per_head)
+    self.variables = self.model.trainable_variables
+    self.source_images = [tf.constant(s.x) for s in data.sources]
+    self.source_labels = [tf.constant(s.y) for s in data.sources]
+    self.source_heads = [s.head for s in data.sources]
+    self.v_images = tf.constant(data.v[0])
+    self.v_labels = tf.constant(data.v[1])
+    self.phases = self._make_phases()
+    self.total_steps = sum(p["steps"] for p in self.phases)
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    trackables = {f"optimizer_{i}": p["optimizer"]
+                  for i, p in enumerate(self.phases)}
+    for phase in self.phases:
+      phase["optimizer"].build(self.variables)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step,
+                                          **trackables)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2)
+    self._predict = tf.function(
+        lambda x: tf.nn.softmax(self.model(x, head=data.target_head)))
+
+  # -- Phases and steps -------------------------------------------------------
+
+  def _make_phases(self):
+    config, method = self.config, self.config.method
+    steps = int(config.steps)
+    if method == "target_only":
+      return [self._phase("target", steps, make_sgd(config, config.lr))]
+    if method in ("source_only", "fine_tune"):
+      phases = [self._phase("plain", steps, make_sgd(config, config.lr))]
+      if method == "fine_tune":
+        phases.append(self._phase("target", int(config.finetune_steps),
+                                  make_sgd(config, config.finetune_lr)))
+      return phases
+    return [self._phase("gradmix", steps, make_gradmix(config, method))]
+
+  def _phase(self, kind, steps, optimizer):
+    makers = {"target": self._target_step, "plain": self._plain_step,
+              "gradmix": self._gradmix_step}
+    return {"kind": kind, "steps": steps, "optimizer": optimizer,
+            "fn": tf.function(makers[kind](optimizer))}
+
+  def _source_losses(self, indices):
+    losses = []
+    for images, labels, head, index in zip(
+        self.source_images, self.source_labels, self.source_heads, indices):
+      logits = self.model(tf.gather(images, index), head=head, training=True)
+      losses.append(cross_entropy(tf.gather(labels, index), logits))
+    return losses
+
+  def _validation_loss(self):
+    logits = self.model(self.v_images, head=self.data.target_head,
+                        training=True)
+    return cross_entropy(self.v_labels, logits)
+
+  def _target_step(self, optimizer):
+    def step(indices):
+      del indices
+      with tf.GradientTape() as tape:
+        loss = self._validation_loss()
+      optimizer.apply(tape.gradient(loss, self.variables), self.variables)
+      return {"loss/validation": loss}
+    return step
+
+  def _plain_step(self, optimizer):
+    def step(indices):
+      with tf.GradientTape() as tape:
+        losses = self._source_losses(indices)
+        total = tf.add_n(losses)
+      grads = tape.gradient(total, self.variables)
+      pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
+      optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+      return self._loss_stats(losses)
+    return step
+
+  def _gradmix_step(self, optimizer):
+    def step(indices):
+      with tf.GradientTape(persistent=True) as tape:
+        losses = self._source_losses(indices)
+        val_loss = self._validation_loss()
+      source_grads = [tape.gradient(loss, self.variables) for loss in losses]
+      val_grads = tape.gradient(val_loss, self.variables)
+      del tape
+      stats = optimizer.apply_gradmix(source_grads, val_grads, self.variables)
+      out = self._loss_stats(losses)
+      out["loss/validation"] = val_loss
+      out.update(stats)
+      return out
+    return step
+
+  def _loss_stats(self, losses):
+    return {f"loss/{s.name}": loss for s, loss in zip(self.data.sources, losses)}
+
+  # -- Evaluation -------------------------------------------------------------
+
+  def evaluate(self, images, labels):
+    """(loss, accuracy) of the target head on a labelled set."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), EVAL_BATCH):
+      probs = self._predict(tf.constant(images[start:start + EVAL_BATCH]))
+      probs = probs.numpy()
+      batch_labels = labels[start:start + EVAL_BATCH]
+      picked = probs[np.arange(len(batch_labels)), batch_labels]
+      total_loss += float(-np.log(np.maximum(picked, 1e-12)).sum())
+      correct += int((probs.argmax(-1) == batch_labels).sum())
+    count = max(len(labels), 1)
+    return total_loss / count, correct / count
+
+  # -- The loop ---------------------------------------------------------------
+
+  def run(self):
+    """Trains (resuming from the last checkpoint) and writes metrics.json."""
+    config = self.config
+    os.makedirs(self.workdir, exist_ok=True)
+    restored = self.manager.restore_or_initialize()
+    start = int(self.step.numpy())
+    if restored and start:
+      logging.info("Resumed from %s at step %d.", restored, start)
+    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+    curve = self._load_curve() if start else []
+    started = time.time()
+    step_seconds = []
+    phase_start = 0
+    for phase in self.phases:
+      phase_end = phase_start + phase["steps"]
+      if start < phase_end:
+        self._run_phase(phase, max(start, phase_start), phase_start,
+                        phase_end, writer, curve, step_seconds)
+      phase_start = phase_end
+    self.manager.save(checkpoint_number=self.total_steps)
+    hyper_loss, hyper_acc = self.evaluate(*self.data.h)
+    test_loss, test_acc = self.evaluate(*self.data.test)
+    metrics = {
+        "config": config.name,
+        "method": config.method,
+        "seed": int(config.seed),
+        "k": int(config.k),
+        "steps": self.total_steps,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "hyperval_accuracy": hyper_acc,
+        "hyperval_loss": hyper_loss,
+        "hyperval_curve": curve,
+        "wall_seconds": time.time() - started,
+        "resumed_from_step": start,
+        "median_step_seconds": (float(np.median(step_seconds))
+                                if step_seconds else None),
+        "skipped_steps": self._skipped_steps(),
+        "num_examples": {
+            **{s.name: int(len(s.y)) for s in self.data.sources},
+            "v": int(len(self.data.v[1])), "h": int(len(self.data.h[1])),
+            "u": int(len(self.data.u[1])),
+            "test": int(len(self.data.test[1]))},
+    }
+    _write_json_atomically(os.path.join(self.workdir, "metrics.json"), metrics)
+    logging.info("%s: test accuracy %.4f, hyper-validation accuracy %.4f "
+                 "(%d steps, %.0f s).", config.method, test_acc, hyper_acc,
+                 self.total_steps, metrics["wall_seconds"])
+    return metrics
+
+  def _run_phase(self, phase, first, phase_start, phase_end, writer, curve,
+                 step_seconds):
+    config = self.config
+    sizes = [len(s.y) for s in self.data.sources]
+    index_streams = [
+        batch_indices(n, int(config.batch_size), [int(config.seed), i],
+                      first - phase_start, phase_end - phase_start)
+        for i, n in enumerate(sizes)]
+    fn = phase["fn"]
+    last_log = time.time()
+    last_log_step = first
+    for step in range(first, phase_end):
+      row = step - first
+      indices = tuple(tf.constant(stream[row]) for stream in index_streams)
+      tick = time.perf_counter()
+      stats = fn(indices)
+      done = step + 1
+      self.step.assign(done)
+      self._check_health(phase, stats, done)
+      step_seconds.append(time.perf_counter() - tick)
+      if done % int(config.log_every) == 0 or done == phase_end:
+        self._write_summaries(writer, phase, stats, done)
+        now = time.time()
+        rate = (done - last_log_step) / max(now - last_log, 1e-9)
+        last_log, last_log_step = now, done
+        extra = ""
+        if "eta" in stats:
+          extra = f" rho {float(stats['rho']):+.3f} eta {float(stats['eta']):.3f}"
+        loss = float(tf.add_n([v for k, v in stats.items()
+                               if k.startswith("loss/")]))
+        logging.info("[%s] step %d/%d  loss %.4f%s  %.1f steps/s  ETA %.0f s",
+                     config.method, done, self.total_steps, loss, extra, rate,
+                     (self.total_steps - done) / max(rate, 1e-9))
+      if done % int(config.eval_every) == 0:
+        hyper_loss, hyper_acc = self.evaluate(*self.data.h)
+        curve.append([done, hyper_loss, hyper_acc])
+        with writer.as_default(step=done):
+          tf.summary.scalar("hyperval/loss", hyper_loss)
+          tf.summary.scalar("hyperval/accuracy", hyper_acc)
+        self._save_curve(curve)
+      if done % int(config.checkpoint_every) == 0:
+        self.manager.save(checkpoint_number=done)
+    writer.flush()
+
+  def _check_health(self, phase, stats, step):
+    if phase["kind"] == "gradmix":
+      optimizer = phase["optimizer"]
+      if not bool(stats["applied"]):
+        source = int(stats["nonfinite_source"])
+        names = [s.name for s in self.data.sources] + ["validation (V)"]
+        consecutive = int(optimizer.consecutive_skips.numpy())
+        logging.warning("Step %d skipped: non-finite gradient from %s.",
+                        step, names[source])
+        if consecutive >= optimizer.max_consecutive_skips:
+          raise TrainingError(
+              f"{consecutive} consecutive steps up to step {step} had "
+              f"non-finite gradients (last from source {names[source]}); "
+              "lower the learning rate or check that source's data")
+    elif step % int(self.config.log_every) == 0:
+      for name, value in stats.items():
+        if name.startswith("loss/") and not np.isfinite(float(value)):
+          raise TrainingError(
+              f"{name} is not finite at step {step}; lower the learning rate "
+              "or check the data")
+
+  def _write_summaries(self, writer, phase, stats, step):
+    with writer.as_default(step=step):
+      for name, value in stats.items():
+        if name.startswith("loss/") or name in ("rho", "eta"):
+          tf.summary.scalar(name, value)
+      if "weights" in stats:
+        names = phase["optimizer"].mixed_layer_names
+        weights = stats["weights"].numpy()
+        cosines = stats["cosines"].numpy()
+        for layer_index, layer in enumerate(names):
+          tf.summary.scalar(f"cosine/{layer}", cosines[layer_index])
+          for s, source in enumerate(self.data.sources):
+            tf.summary.scalar(f"weights/{layer}/{source.name}",
+                              weights[layer_index, s])
+        for s, source in enumerate(self.data.sources):
+          tf.summary.scalar(f"grad_norm/{source.name}",
+                            float(stats["source_grad_norms"][s]))
+
+  def _skipped_steps(self):
+    return sum(int(p["optimizer"].skipped_steps.numpy())
+               for p in self.phases if p["kind"] == "gradmix")
+
+  def _curve_path(self):
+    return os.path.join(self.workdir, "hyperval_curve.json")
+
+  def _save_curve(self, curve):
+    _write_json_atomically(self._curve_path(), curve)
+
+  def _load_curve(self):
+    """The curve up to the restored step (later points were not saved)."""
+    if not os.path.isfile(self._curve_path()):
+      return []
+    with open(self._curve_path()) as f:
+      curve = json.load(f)
+    return [point for point in curve if point[0] <= int(self.step.numpy())]
+
+
+def _write_json_atomically(path, payload):
+  partial = f"{path}.tmp{os.getpid()}"
+  with open(partial, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(partial, path)
