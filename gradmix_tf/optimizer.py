@@ -5,10 +5,10 @@ LossScaleOptimizer` does. Each step it receives the gradients of every source
 loss and the gradient of the validation loss on `V`, and
 
 1. groups the variables into layers (a Keras layer's variables, by the
-   parent of `variable.path`); a layer is *mixed* when every source has a
-   gradient for all of its variables (the shared trunk), otherwise it is a
-   *head* and gets the plain sum of the gradients it has (paper Eq. 10 stops
-   at layer L-1);
+   parent of `variable.path`); a layer is *mixed* when every source and the
+   validation loss have a gradient for all of its variables (the shared
+   trunk), otherwise it is a *head* and gets the plain sum of the source
+   gradients it has (paper Eq. 10 stops at layer L-1);
 2. per mixed layer computes the Gram form `A = G^T G`, `b = G^T v`, `|v|^2`
    on the device and solves for `w~` (Eq. 6-7, `solve_weights`);
 3. `rho = sum_l cos(G w~, v)` (Eq. 8; `rho_reduction="mean"` divides by the
@@ -190,8 +190,7 @@ class GradMix(keras.optimizers.Optimizer):
       Layer names are in `self.mixed_layer_names`.
 
     Raises:
-      ValueError: when the gradient lists do not line up with the variables,
-        or the validation gradient is missing on a mixed layer.
+      ValueError: when the gradient lists do not line up with the variables.
     """
     trainable_variables = list(trainable_variables)
     if tf.distribute.in_cross_replica_context() and (
@@ -209,12 +208,8 @@ class GradMix(keras.optimizers.Optimizer):
       self.build(trainable_variables)
       self.built = True
 
-    mixed, heads = self._group_layers(source_grads, trainable_variables)
-    for name, indices in mixed:
-      if any(validation_grads[i] is None for i in indices):
-        raise ValueError(
-            f"Layer {name!r} is shared by all sources but the validation "
-            "loss has no gradient for it; V must pass through the trunk.")
+    mixed, heads = self._group_layers(source_grads, validation_grads,
+                                      trainable_variables)
     self.mixed_layer_names = [name for name, _ in mixed]
 
     layer_source_grads = [[[source_grads[s][i] for i in indices]
@@ -277,7 +272,7 @@ class GradMix(keras.optimizers.Optimizer):
             tf.linalg.diag_part(gram), 0), 0.0)),
     }
 
-  def _group_layers(self, source_grads, trainable_variables):
+  def _group_layers(self, source_grads, validation_grads, trainable_variables):
     """Splits variable indices into mixed layers and head variables."""
     order, members = [], {}
     for i, variable in enumerate(trainable_variables):
@@ -290,7 +285,8 @@ class GradMix(keras.optimizers.Optimizer):
     for name in order:
       indices = members[name]
       shared = all(grads[i] is not None
-                   for grads in source_grads for i in indices)
+                   for grads in list(source_grads) + [validation_grads]
+                   for i in indices)
       if shared:
         mixed.append((name, indices))
       else:
