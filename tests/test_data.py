@@ -1,0 +1,209 @@
+"""Loaders on fixtures in the official formats, MNIST-M, and the splits."""
+
+import gzip
+import os
+import struct
+
+import ml_collections
+import numpy as np
+import pytest
+import scipy.io
+
+from gradmix_tf import config_lib
+from gradmix_tf.data import digits, experiment, mnistm
+from gradmix_tf.errors import ConfigError, DataError
+
+
+def _write_idx(path, array):
+  header = struct.pack(">HBB", 0, 0x08, array.ndim)
+  header += struct.pack(">" + "I" * array.ndim, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_official_idx_files(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = {"x_train": rng.integers(0, 256, (5, 28, 28)),
+            "y_train": np.arange(5), "x_test": rng.integers(0, 256, (3, 28, 28)),
+            "y_test": np.array([7, 8, 9])}
+  for key, stem in digits.IDX_FILES.items():
+    _write_idx(str(tmp_path / (stem + ".gz")), arrays[key])
+  mnist = digits.load_mnist(str(tmp_path))
+  assert mnist.x_train.shape == (5, 28, 28, 1)
+  np.testing.assert_array_equal(mnist.x_test[..., 0], arrays["x_test"])
+  np.testing.assert_array_equal(mnist.y_test, [7, 8, 9])
+
+
+def test_truncated_idx_file_is_a_data_error(tmp_path):
+  path = str(tmp_path / "t10k-labels-idx1-ubyte.gz")
+  with gzip.open(path, "wb") as f:
+    f.write(struct.pack(">HBBI", 0, 8, 1, 10) + b"\x01\x02")
+  with pytest.raises(DataError, match="truncated"):
+    digits.read_idx(path)
+
+
+def test_svhn_from_official_mat_layout(tmp_path):
+  rng = np.random.default_rng(1)
+  for split, n in (("train", 4), ("test", 2)):
+    x = rng.integers(0, 256, (32, 32, 3, n)).astype(np.uint8)
+    y = np.array([[10], [1], [5], [9]][:n], np.uint8)
+    scipy.io.savemat(str(tmp_path / digits.SVHN_FILES[split]), {"X": x, "y": y})
+    if split == "train":
+      x_train = x
+  svhn = digits.load_svhn(str(tmp_path))
+  np.testing.assert_array_equal(svhn.y_train, [0, 1, 5, 9])  # 10 means '0'
+  np.testing.assert_array_equal(svhn.x_train[2], x_train[:, :, :, 2])
+  assert svhn.x_test.shape == (2, 32, 32, 3)
+
+
+def test_missing_svhn_says_which_files_to_provide(tmp_path):
+  with pytest.raises(DataError, match="train_32x32.mat"):
+    digits.load_svhn(str(tmp_path))
+
+
+def test_npz_errors(tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    digits.load_npz(str(tmp_path / "absent.npz"))
+  np.savez(tmp_path / "partial.npz", x_train=np.zeros((2, 4, 4)))
+  with pytest.raises(DataError, match="lacks the keys"):
+    digits.load_npz(str(tmp_path / "partial.npz"))
+  (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+  with pytest.raises(DataError, match="not a readable"):
+    digits.load_npz(str(tmp_path / "corrupt.npz"))
+
+
+def test_mnistm_blend_by_hand():
+  # One flat photo of colour (100, 50, 0): every patch is that colour, so
+  # |patch - digit| is (|100-d|, |50-d|, |0-d|) whatever the random crop.
+  photo = np.zeros((1, 5, 6, 3), np.uint8)
+  photo[..., 0], photo[..., 1] = 100, 50
+  digit = np.array([[[0, 255], [60, 30]]], np.uint8)
+  out = mnistm.blend_with_backgrounds(digit, photo, seed=3)
+  np.testing.assert_array_equal(out[0, 0, 1], [155, 205, 255])
+  np.testing.assert_array_equal(out[0, 1, 0], [40, 10, 60])
+  np.testing.assert_array_equal(out[0, 0, 0], [100, 50, 0])
+
+
+def test_mnistm_blend_uses_real_patches_and_is_deterministic():
+  rng = np.random.default_rng(2)
+  photos = rng.integers(0, 256, (3, 6, 7, 3)).astype(np.uint8)
+  digits_in = rng.integers(0, 256, (4, 3, 3)).astype(np.uint8)
+  out = mnistm.blend_with_backgrounds(digits_in, photos, seed=[5, 0])
+  np.testing.assert_array_equal(
+      out, mnistm.blend_with_backgrounds(digits_in, photos, seed=[5, 0]))
+  assert not np.array_equal(
+      out, mnistm.blend_with_backgrounds(digits_in, photos, seed=[6, 0]))
+  for image, digit in zip(out, digits_in):  # brute force over every crop
+    matches = [
+        np.array_equal(image, np.abs(photos[p, r:r + 3, c:c + 3].astype(int)
+                                     - digit[..., None]))
+        for p in range(3) for r in range(4) for c in range(5)]
+    assert any(matches)
+
+
+def test_conform_pads_grey_to_rgb_and_rejects_odd_channels():
+  x = np.arange(28 * 28, dtype=np.uint32).reshape(1, 28, 28, 1) % 251
+  out = digits.conform_images(x.astype(np.uint8), 32, 3)
+  assert out.shape == (1, 32, 32, 3)
+  np.testing.assert_array_equal(out[0, 2:30, 2:30, 1], x[0, ..., 0])
+  assert out[0, :2].max() == 0 and out[0, 30:].max() == 0
+  big = digits.conform_images(np.full((2, 64, 64, 3), 7, np.uint8), 32, 3)
+  assert big.shape == (2, 32, 32, 3) and np.all(big == 7)
+  with pytest.raises(DataError, match="4-channel"):
+    digits.conform_images(np.zeros((1, 8, 8, 4), np.uint8), 8, 3)
+
+
+def _synthetic(name, n_per_class=40, size=28, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  y = np.repeat(np.arange(10), n_per_class)
+  x = rng.integers(0, 256, (len(y), size, size, channels)).astype(np.uint8)
+  yt = np.repeat(np.arange(10), 5)
+  xt = rng.integers(0, 256, (len(yt), size, size, channels)).astype(np.uint8)
+  return digits.DigitDataset(name, x, y, xt, yt)
+
+
+def _config(**overrides):
+  config = config_lib.base_config()
+  config.sources.s1 = config_lib.source("a", (5, 6, 7, 8, 9), half=0)
+  config.sources.s2 = config_lib.source("b", (0, 1, 2, 3, 4))
+  config.target.dataset = "b"
+  config.target.classes = (5, 6, 7, 8, 9)
+  config.target.half = 1
+  config.target.hyperval_size = 30
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _loader():
+  datasets = {"a": _synthetic("a"), "b": _synthetic("b", channels=3)}
+  return datasets.__getitem__
+
+
+def test_experiment_splits():
+  config = _config()
+  runs = [experiment.build_experiment(config, seed=s, k=3, loader=_loader())
+          for s in (0, 1)]
+  data = runs[0]
+  assert data.head_classes == ((5, 6, 7, 8, 9), (0, 1, 2, 3, 4))
+  assert data.target_head == 0
+  assert [s.head for s in data.sources] == [0, 1]
+  assert len(data.sources[0].y) == 100    # half of 5 classes x 40
+  assert data.sources[0].x.shape[1:] == (28, 28, 3)   # grey -> RGB
+  np.testing.assert_array_equal(np.bincount(data.v[1]), [3] * 5)
+  assert len(data.h[1]) == 30 and len(data.test[1]) == 25
+  assert len(data.v[1]) + len(data.h[1]) + len(data.u[1]) == 100
+  # H is fixed across seeds; V changes with the seed.
+  np.testing.assert_array_equal(runs[0].h[0], runs[1].h[0])
+  assert not np.array_equal(runs[0].v[0], runs[1].v[0])
+  # V, H, U are disjoint (the images are random, so rows identify them).
+  rows = [tuple(img.ravel()[:16]) for part in (data.v, data.h, data.u)
+          for img in part[0]]
+  assert len(set(rows)) == len(rows)
+
+
+def test_halves_are_disjoint_and_cover_the_classes():
+  dataset = _synthetic("a")
+  x0, _ = experiment._select(dataset, "train", (5, 6), 0, 0, "r")
+  x1, _ = experiment._select(dataset, "train", (5, 6), 1, 0, "r")
+  rows = {tuple(i.ravel()[:16]) for i in x0} | {tuple(i.ravel()[:16])
+                                                 for i in x1}
+  assert len(x0) + len(x1) == 80 and len(rows) == 80
+
+
+def test_k_larger_than_a_class_has_is_a_data_error():
+  with pytest.raises(DataError, match="k=50 is larger"):
+    experiment.build_experiment(_config(), seed=0, k=50, loader=_loader())
+
+
+def test_no_source_with_the_target_label_space_is_a_config_error():
+  config = _config()
+  config.sources.s1.classes = (5, 6)
+  with pytest.raises(ConfigError, match="no source has the target"):
+    experiment.build_experiment(config, seed=0, k=2, loader=_loader())
+
+
+def test_real_mnist_file(shared_data):
+  mnist = digits.load_mnist(shared_data)
+  assert mnist.x_train.shape == (60000, 28, 28, 1)
+  np.testing.assert_array_equal(
+      np.bincount(mnist.y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                  974, 1009])
+
+
+def test_real_digits_mnistm_experiment(shared_data, tmp_path):
+  config = ml_collections.ConfigDict(_config().to_dict())
+  config.data_dir = shared_data
+  config.cache_dir = os.environ.get("GRADMIX_CACHE_DIR", str(tmp_path))
+  config.sources.s1.dataset = "mnist"
+  config.sources.s2.dataset = "mnistm"
+  config.target.dataset = "mnistm"
+  config.target.hyperval_size = 1000
+  data = experiment.build_experiment(config, seed=0, k=2)
+  # MNIST train 5-9 has 5421+5918+6265+5851+5949 = 29404 images: 14702 each.
+  assert len(data.sources[0].y) == 14702
+  # MNIST train 0-4: 5923+6742+5958+6131+5842 = 30596.
+  assert len(data.sources[1].y) == 30596
+  assert len(data.h[1]) + len(data.v[1]) + len(data.u[1]) == 14702
+  assert len(data.test[1]) == 892 + 958 + 1028 + 974 + 1009
+  assert data.test[0].shape[1:] == (28, 28, 3)
