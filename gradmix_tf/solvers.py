@@ -40,7 +40,8 @@ Solvers:
   `-alpha <g_i, v>`, so `w_i ∝ max(0, <g_i, v>)`.
 
 Degenerate layers (all `b_i == 0`, which covers `v = 0`, or every source
-gradient zero) get uniform weights. Zero source gradients get weight 0 from
+gradient zero) get uniform weights; non-finite inputs never raise (the
+optimizer skips such steps). Zero source gradients get weight 0 from
 the exact and SLSQP solvers (they cannot change the direction).
 """
 
@@ -222,7 +223,9 @@ def _nnls_by_enumeration(a_hat, b_hat, active, k):
   a_s += tf.linalg.diag(1.0 - masks)[None]
   b_s = b_hat[:, None, :] * masks[None]                        # [L, S, k]
   det = tf.linalg.det(a_s)
-  singular = det < _SINGULAR_DET
+  # A NaN determinant (non-finite gradients, a step GradMix will skip) counts
+  # as singular so the solve below never sees a non-invertible matrix.
+  singular = tf.logical_not(det >= _SINGULAR_DET)
   identity = tf.eye(k, dtype=tf.float64)
   a_safe = tf.where(singular[..., None, None], identity, a_s)
   u = tf.linalg.solve(a_safe, b_s[..., None])[..., 0]          # [L, S, k]
@@ -289,7 +292,8 @@ def slsqp_weights_numpy(gram, cross):
   for l in range(layers):
     diag = np.diag(gram[l]).copy()
     active = diag > 0
-    if not active.any() or np.all(cross[l] == 0):
+    if (not active.any() or np.all(cross[l] == 0)
+        or not np.all(np.isfinite(gram[l])) or not np.all(np.isfinite(cross[l]))):
       out[l] = 1.0 / k
       continue
     scale = np.where(active, 1.0 / np.sqrt(np.where(active, diag, 1.0)), 0.0)

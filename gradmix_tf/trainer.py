@@ -236,9 +236,10 @@ class Trainer:
     phase_start = 0
     for phase in self.phases:
       phase_end = phase_start + phase["steps"]
-      if start < phase_end:
-        self._run_phase(phase, max(start, phase_start), phase_start,
-                        phase_end, writer, curve, step_seconds)
+      first = max(start, phase_start)
+      if first < phase_end:
+        self._run_phase(phase, first, phase_start, phase_end, writer, curve,
+                        step_seconds)
       phase_start = phase_end
     self.manager.save(checkpoint_number=self.total_steps)
     hyper_loss, hyper_acc = self.evaluate(*self.data.h)

@@ -152,3 +152,11 @@ def test_bad_arguments_are_rejected():
     solvers.solve_mix_weights(np.eye(2)[None], np.ones((1, 2)), "adam")
   with pytest.raises(ValueError, match="expects gram"):
     solvers.solve_mix_weights(np.eye(2), np.ones(2))
+
+
+@pytest.mark.parametrize("solver", solvers.SOLVERS)
+def test_non_finite_inputs_do_not_raise(solver):
+  gram = np.array([[[np.nan, 0.0], [0.0, 1.0]]])
+  cross = np.array([[np.nan, 1.0]])
+  weights = solvers.solve_mix_weights(gram, cross, solver)
+  assert weights.shape == (1, 2)

@@ -1,0 +1,110 @@
+"""The trainer on a tiny synthetic experiment: resume, methods, health."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gradmix_tf import config_lib
+from gradmix_tf.data.experiment import ExperimentData, SourceData
+from gradmix_tf.errors import TrainingError
+from gradmix_tf.trainer import METHODS, Trainer, batch_indices
+
+
+def _data(seed=0):
+  rng = np.random.default_rng(seed)
+
+  def images(n):
+    return rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
+
+  def labels(n, classes):
+    return rng.integers(0, classes, n).astype(np.int64)
+
+  return ExperimentData(
+      sources=(SourceData("s1", images(40), labels(40, 3), 0),
+               SourceData("s2", images(30), labels(30, 2), 1)),
+      head_classes=((5, 6, 7), (0, 1)),
+      target_head=0,
+      v=(images(6), np.array([0, 0, 1, 1, 2, 2])),
+      h=(images(12), labels(12, 3)),
+      u=(images(10), labels(10, 3)),
+      test=(images(15), labels(15, 3)))
+
+
+def _config(**overrides):
+  config = config_lib.base_config()
+  config.name = "tiny"
+  config.model.widths = (2, 2, 2, 2)
+  config.model.units = 4
+  config.steps = 6
+  config.finetune_steps = 3
+  config.batch_size = 8
+  config.log_every = 2
+  config.eval_every = 2
+  config.checkpoint_every = 3
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_batch_indices_are_epoch_permutations_and_resume_consistently():
+  full = batch_indices(10, 4, [0, 1], 0, 10)          # 40 = 4 epochs of 10
+  for epoch in range(4):
+    assert sorted(full.ravel()[10 * epoch:10 * epoch + 10]) == list(range(10))
+  np.testing.assert_array_equal(batch_indices(10, 4, [0, 1], 3, 7), full[3:7])
+  assert not np.array_equal(batch_indices(10, 4, [1, 1], 0, 10), full)
+
+
+@pytest.mark.parametrize("method", ["gradmix", "fine_tune"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
+  data = _data()
+  whole = Trainer(_config(method=method), data, str(tmp_path / "whole"))
+  whole.run()
+  # "Interrupted" after 4 steps: a run whose last checkpoint is step 4 ...
+  first = Trainer(_config(method=method, steps=4, finetune_steps=0), data,
+                  str(tmp_path / "resumed"))
+  first.run()
+  # ... then the full run in the same workdir picks up from step 4.
+  resumed = Trainer(_config(method=method), data, str(tmp_path / "resumed"))
+  metrics = resumed.run()
+  assert metrics["resumed_from_step"] == 4
+  for a, b in zip(whole.model.weights, resumed.model.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_writes_metrics(tmp_path, method):
+  metrics = Trainer(_config(method=method, steps=4), _data(),
+                    str(tmp_path)).run()
+  with open(tmp_path / "metrics.json") as f:
+    on_disk = json.load(f)
+  assert on_disk == metrics
+  for field in ("method", "steps", "seed", "k", "test_accuracy",
+                "hyperval_accuracy", "wall_seconds"):
+    assert field in metrics
+  assert metrics["steps"] == 4 + (3 if method == "fine_tune" else 0)
+  assert 0.0 <= metrics["test_accuracy"] <= 1.0
+  assert [point[0] for point in metrics["hyperval_curve"]] == list(
+      range(2, metrics["steps"] + 1, 2))
+  assert os.listdir(tmp_path / "tb")
+
+
+def test_gradmix_writes_per_layer_weights_to_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  Trainer(_config(steps=2), _data(), str(tmp_path)).run()
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tb"),
+                                              size_guidance={"tensors": 0})
+  events.Reload()
+  tags = set(events.Tags()["tensors"])
+  for tag in ("rho", "eta", "loss/s1", "loss/s2", "weights/trunk/conv1/s1",
+              "weights/trunk/fc1/s2", "hyperval/accuracy", "grad_norm/s1"):
+    assert tag in tags, tag
+  assert not any(tag.startswith("weights/head_") for tag in tags)
+
+
+def test_repeated_non_finite_steps_stop_training(tmp_path):
+  config = _config(lr=1e30, max_consecutive_skips=2, steps=20)
+  with pytest.raises(TrainingError, match="consecutive steps"):
+    Trainer(config, _data(), str(tmp_path)).run()
+  assert not os.path.exists(tmp_path / "metrics.json")
