@@ -1,0 +1,101 @@
+"""The launcher end to end (quick mode) and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+
+def _launch(*args, env=None):
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  return subprocess.run(
+      [sys.executable, "-m", "gradmix_tf.launch", *args], cwd=REPO,
+      capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def _assert_one_line_error(result, *fragments):
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, result.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in lines[0]
+
+
+def test_quick_gradmix_run_end_to_end_and_resume(shared_data, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config=digits_mnistm", "--config.quick=True",
+          f"--config.data_dir={shared_data}", f"--workdir={workdir}"]
+  result = _launch(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics["method"] == "gradmix" and metrics["steps"] == 30
+  assert metrics["config"] == "digits_mnistm"
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["quick"] is True
+  assert os.listdir(os.path.join(workdir, "tb"))
+  assert "step 30/30" in result.stderr   # the progress display
+  # The same command again finds the finished checkpoint and trains no more.
+  again = _launch(*args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f)["resumed_from_step"] == 30
+  # The same workdir with another config is refused.
+  other = _launch(*args, "--config.method=source_only")
+  _assert_one_line_error(other, "different config", "method")
+
+
+def test_quick_fine_tune_run(shared_data, tmp_path):
+  result = _launch("--config=digits_mnistm", "--config.quick=True",
+                   "--config.method=fine_tune", "--config.k=5",
+                   f"--config.data_dir={shared_data}",
+                   f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["steps"] == 40 and metrics["k"] == 5
+
+
+def test_unknown_config():
+  _assert_one_line_error(_launch("--config=digitz"), "unknown config",
+                         "digits_mnistm")
+
+
+def test_digits_without_svhn_names_the_files(shared_data, tmp_path):
+  os.symlink(os.path.join(shared_data, "mnist.npz"), tmp_path / "mnist.npz")
+  _assert_one_line_error(
+      _launch("--config=digits", "--config.quick=True",
+              f"--config.data_dir={tmp_path}", f"--workdir={tmp_path}/run"),
+      "train_32x32.mat")
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("--config.k=100000", "k=100000 is larger"),
+    ("--config.sources.s1.dataset=npz:/nonexistent/x.npz", "does not exist"),
+    ("--config.sources.s1.classes=(5,6)", "no source has the target"),
+    ("--config.method=gradnix", "unknown method"),
+    ("--config.steps=0", "config.steps must be at least 1"),
+])
+def test_bad_input_is_one_line(shared_data, tmp_path, override, fragment):
+  _assert_one_line_error(
+      _launch("--config=digits_mnistm", "--config.quick=True", override,
+              f"--config.data_dir={shared_data}", f"--workdir={tmp_path}"),
+      fragment)
+  assert not os.path.exists(tmp_path / "metrics.json")
+
+
+def test_corrupt_npz_source(shared_data, tmp_path):
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(np.random.default_rng(0).bytes(256))
+  _assert_one_line_error(
+      _launch("--config=digits_mnistm", "--config.quick=True",
+              f"--config.sources.s1.dataset=npz:{bad}",
+              f"--config.data_dir={shared_data}",
+              f"--workdir={tmp_path}/run"),
+      "not a readable")
