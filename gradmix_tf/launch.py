@@ -95,13 +95,24 @@ def _resolve_config_argument(argv):
   return out
 
 
+def _parse_flags(argv):
+  """absl's parser, with an unknown `--config.<field>` as one error line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as err:
+    field = str(err).strip("\"'")
+    print(f"error: the config has no field {field!r}; check the spelling of "
+          "the --config.<field> override", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def run():
   try:
     argv = _resolve_config_argument(sys.argv)
   except UserError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def test_unknown_config():
                          "digits_mnistm")
 
 
+def test_unknown_config_field():
+  _assert_one_line_error(
+      _launch("--config=digits_mnistm", "--config.learning_rat=0.1"),
+      "no field", "learning_rat")
+
+
 def test_digits_without_svhn_names_the_files(shared_data, tmp_path):
   os.symlink(os.path.join(shared_data, "mnist.npz"), tmp_path / "mnist.npz")
   _assert_one_line_error(
@@ -99,3 +105,26 @@ def test_corrupt_npz_source(shared_data, tmp_path):
               f"--config.data_dir={shared_data}",
               f"--workdir={tmp_path}/run"),
       "not a readable")
+
+
+def test_sweep_script_runs_each_seed(shared_data, tmp_path):
+  result = subprocess.run(
+      ["bash", "launch/sweep.sh", "--jobs=1", "--seeds=0 1",
+       f"--root={tmp_path}", "--", "--config=digits_mnistm",
+       "--config.quick=True", "--config.method=target_only",
+       f"--config.data_dir={shared_data}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr + result.stdout
+  for seed in (0, 1):
+    with open(tmp_path / f"seed{seed}" / "metrics.json") as f:
+      assert json.load(f)["seed"] == seed
+
+
+def test_sweep_script_stops_on_failure(tmp_path):
+  result = subprocess.run(
+      ["bash", "launch/sweep.sh", "--seeds=0", f"--root={tmp_path}", "--",
+       "--config=nonexistent"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHON=sys.executable))
+  assert result.returncode == 1 and "a run failed" in result.stderr
