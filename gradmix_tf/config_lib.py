@@ -55,6 +55,7 @@ def base_config():
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
   # Loop.
+  config.jit_compile = False       # XLA for the train steps
   config.log_every = 50
   config.eval_every = 100          # the paper's "epoch" of 100 steps
   config.checkpoint_every = 500

@@ -57,9 +57,9 @@ SOLVERS = ("exact", "slsqp", "meta_sgd")
 # the 2^k - 1 supports.
 MAX_ENUMERATED_SOURCES = 8
 
-# A support whose normalised Gram block has a smaller determinant is treated
-# as linearly dependent (normalised blocks have unit diagonal, det in [0, 1]).
-_SINGULAR_DET = 1e-10
+# A support whose normalised Gram block has a Cholesky pivot below this is
+# treated as linearly dependent (pivots of unit-diagonal blocks lie in [0, 1]).
+_SINGULAR_PIVOT = 1e-10
 _FEASIBLE_TOL = 1e-10
 _GAUSS_SEIDEL_MAX_SWEEPS = 1000
 _GAUSS_SEIDEL_TOL = 1e-13
@@ -222,13 +222,7 @@ def _nnls_by_enumeration(a_hat, b_hat, active, k):
          * masks[None, :, None, :])                            # [L, S, k, k]
   a_s += tf.linalg.diag(1.0 - masks)[None]
   b_s = b_hat[:, None, :] * masks[None]                        # [L, S, k]
-  det = tf.linalg.det(a_s)
-  # A NaN determinant (non-finite gradients, a step GradMix will skip) counts
-  # as singular so the solve below never sees a non-invertible matrix.
-  singular = tf.logical_not(det >= _SINGULAR_DET)
-  identity = tf.eye(k, dtype=tf.float64)
-  a_safe = tf.where(singular[..., None, None], identity, a_s)
-  u = tf.linalg.solve(a_safe, b_s[..., None])[..., 0]          # [L, S, k]
+  u, singular = _cholesky_solve(a_s, b_s)                      # [L, S, k]
   uses_inactive = tf.reduce_any(
       tf.logical_and(masks[None] > 0, tf.logical_not(active)[:, None, :]), -1)
   feasible = (tf.logical_not(singular)
@@ -238,6 +232,45 @@ def _nnls_by_enumeration(a_hat, b_hat, active, k):
   best = tf.argmax(value, -1)                                  # [L]
   u_best = tf.gather(u, best, batch_dims=1)
   return tf.maximum(u_best, 0.0)
+
+
+def _cholesky_solve(a, b):
+  """Solves `a x = b` for a batch of small symmetric PSD matrices.
+
+  A Cholesky factorisation unrolled over the static `k` in elementwise ops,
+  so it compiles under XLA (which has no determinant kernel) and never
+  raises. For a unit-diagonal Gram matrix the pivot `d_j` is the squared
+  distance of column `j` from the span of the earlier ones; a pivot below
+  `_SINGULAR_PIVOT` (or NaN, from non-finite gradients) marks the matrix
+  singular, and its `x` is then meaningless.
+
+  Returns:
+    `(x [..., k], singular [...])`.
+  """
+  k = a.shape[-1]
+  lower = [[None] * k for _ in range(k)]
+  singular = tf.zeros(tf.shape(a)[:-2], tf.bool)
+  for j in range(k):
+    pivot = a[..., j, j] - sum(
+        (tf.square(lower[j][m]) for m in range(j)), tf.zeros_like(a[..., j, j]))
+    bad = tf.logical_not(pivot >= _SINGULAR_PIVOT)
+    singular = tf.logical_or(singular, bad)
+    lower[j][j] = tf.sqrt(tf.where(bad, tf.ones_like(pivot), pivot))
+    for i in range(j + 1, k):
+      dot = sum((lower[i][m] * lower[j][m] for m in range(j)),
+                tf.zeros_like(pivot))
+      lower[i][j] = (a[..., i, j] - dot) / lower[j][j]
+  forward = []
+  for i in range(k):  # L y = b
+    dot = sum((lower[i][m] * forward[m] for m in range(i)),
+              tf.zeros_like(b[..., i]))
+    forward.append((b[..., i] - dot) / lower[i][i])
+  x = [None] * k
+  for i in reversed(range(k)):  # L^T x = y
+    dot = sum((lower[m][i] * x[m] for m in range(i + 1, k)),
+              tf.zeros_like(b[..., i]))
+    x[i] = (forward[i] - dot) / lower[i][i]
+  return tf.stack(x, -1), singular
 
 
 def _nnls_by_gauss_seidel(a_hat, b_hat, active, k):

@@ -9,6 +9,9 @@ method                 phases
 ``source_only``        sum of source losses (paper Eq. 1), `steps` steps
 ``fine_tune``          source_only, then V for `finetune_steps` at
                        `finetune_lr`
+``joint``              sum of source losses and the V loss, one update (all
+                       labelled data; the cost floor GradMix is measured
+                       against in `bench/step_time.py`)
 ``gradmix``            GradMix (exact solver, adaptive rate), `steps` steps
 ``gradmix_no_adalr``   GradMix with `eta = 1`
 ``gradmix_sgd``        GradMix with the meta-SGD weights (Ren et al. 2018);
@@ -43,7 +46,7 @@ from gradmix_tf import models
 from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.optimizer import GradMix
 
-METHODS = ("target_only", "source_only", "fine_tune", "gradmix",
+METHODS = ("target_only", "source_only", "fine_tune", "joint", "gradmix",
            "gradmix_no_adalr", "gradmix_sgd")
 GRADMIX_VARIANTS = {
     "gradmix": dict(solver=None, adaptive_lr=True),
@@ -145,13 +148,16 @@ class Trainer:
         phases.append(self._phase("target", int(config.finetune_steps),
                                   make_sgd(config, config.finetune_lr)))
       return phases
+    if method == "joint":
+      return [self._phase("joint", steps, make_sgd(config, config.lr))]
     return [self._phase("gradmix", steps, make_gradmix(config, method))]
 
   def _phase(self, kind, steps, optimizer):
     makers = {"target": self._target_step, "plain": self._plain_step,
-              "gradmix": self._gradmix_step}
+              "joint": self._joint_step, "gradmix": self._gradmix_step}
     return {"kind": kind, "steps": steps, "optimizer": optimizer,
-            "fn": tf.function(makers[kind](optimizer))}
+            "fn": tf.function(makers[kind](optimizer),
+                              jit_compile=bool(self.config.jit_compile))}
 
   def _source_losses(self, indices):
     losses = []
@@ -175,16 +181,26 @@ class Trainer:
       return {"loss/validation": loss}
     return step
 
-  def _plain_step(self, optimizer):
+  def _plain_step(self, optimizer, with_validation=False):
     def step(indices):
       with tf.GradientTape() as tape:
         losses = self._source_losses(indices)
-        total = tf.add_n(losses)
+        if with_validation:
+          val_loss = self._validation_loss()
+          total = tf.add_n(losses + [val_loss])
+        else:
+          total = tf.add_n(losses)
       grads = tape.gradient(total, self.variables)
       pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
       optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-      return self._loss_stats(losses)
+      out = self._loss_stats(losses)
+      if with_validation:
+        out["loss/validation"] = val_loss
+      return out
     return step
+
+  def _joint_step(self, optimizer):
+    return self._plain_step(optimizer, with_validation=True)
 
   def _gradmix_step(self, optimizer):
     def step(indices):

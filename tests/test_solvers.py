@@ -160,3 +160,18 @@ def test_non_finite_inputs_do_not_raise(solver):
   cross = np.array([[np.nan, 1.0]])
   weights = solvers.solve_mix_weights(gram, cross, solver)
   assert weights.shape == (1, 2)
+
+
+@pytest.mark.parametrize("k", [3, solvers.MAX_ENUMERATED_SOURCES + 2])
+def test_exact_solver_compiles_under_xla(k):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(k)
+  grads = rng.normal(size=(4, k, 15))
+  v = rng.normal(size=(4, 15))
+  gram = np.einsum("lkn,ljn->lkj", grads, grads)
+  cross = np.einsum("lkn,ln->lk", grads, v)
+  compiled = tf.function(lambda g, c: solvers.solve_mix_weights(g, c),
+                         jit_compile=True)
+  np.testing.assert_allclose(compiled(gram, cross).numpy(),
+                             solvers.solve_mix_weights(gram, cross).numpy(),
+                             atol=1e-5)

@@ -84,6 +84,7 @@ def test_every_method_trains_and_writes_metrics(tmp_path, method):
                 "hyperval_accuracy", "wall_seconds"):
     assert field in metrics
   assert metrics["steps"] == 4 + (3 if method == "fine_tune" else 0)
+  assert metrics["method"] == method
   assert 0.0 <= metrics["test_accuracy"] <= 1.0
   assert [point[0] for point in metrics["hyperval_curve"]] == list(
       range(2, metrics["steps"] + 1, 2))
@@ -108,3 +109,12 @@ def test_repeated_non_finite_steps_stop_training(tmp_path):
   with pytest.raises(TrainingError, match="consecutive steps"):
     Trainer(config, _data(), str(tmp_path)).run()
   assert not os.path.exists(tmp_path / "metrics.json")
+
+
+def test_jit_compiled_gradmix_step_matches_the_graph_step(tmp_path):
+  runs = [Trainer(_config(steps=3, jit_compile=jit), _data(),
+                  str(tmp_path / str(jit))) for jit in (False, True)]
+  for trainer in runs:
+    trainer.run()
+  for a, b in zip(runs[0].model.weights, runs[1].model.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
