@@ -5,7 +5,7 @@ A run is a list of *phases*, each a step function and an optimizer:
 =====================  =====================================================
 method                 phases
 =====================  =====================================================
-``target_only``        V only, `steps` steps at `lr`
+``target_only``        V only, `steps` steps at `target_lr`
 ``source_only``        sum of source losses (paper Eq. 1), `steps` steps
 ``fine_tune``          source_only, then V for `finetune_steps` at
                        `finetune_lr`
@@ -141,7 +141,7 @@ class Trainer:
     config, method = self.config, self.config.method
     steps = int(config.steps)
     if method == "target_only":
-      return [self._phase("target", steps, make_sgd(config, config.lr))]
+      return [self._phase("target", steps, make_sgd(config, config.target_lr))]
     if method in ("source_only", "fine_tune"):
       phases = [self._phase("plain", steps, make_sgd(config, config.lr))]
       if method == "fine_tune":
