@@ -226,8 +226,7 @@ class GradMix(keras.optimizers.Optimizer):
       rho = rho / float(max(len(mixed), 1))
     eta = tf.cast(self.learning_rate_scale(rho), tf.float32)
 
-    finite = tf.stack(
-        [_all_finite(g) for g in source_grads] + [_all_finite(validation_grads)])
+    finite = self._finite_per_source(gram, v_sq, source_grads, heads)
     all_finite = tf.reduce_all(finite)
     nonfinite_source = tf.where(
         all_finite, tf.constant(NO_NONFINITE_SOURCE, tf.int64),
@@ -271,6 +270,24 @@ class GradMix(keras.optimizers.Optimizer):
         "source_grad_norms": tf.sqrt(tf.maximum(tf.reduce_sum(
             tf.linalg.diag_part(gram), 0), 0.0)),
     }
+
+  def _finite_per_source(self, gram, v_sq, source_grads, heads):
+    """`[k + 1]` booleans: every gradient of source i (and of V) is finite.
+
+    On mixed layers a NaN or Inf anywhere in `g_i^l` makes `|g_i^l|^2`, the
+    Gram diagonal, non-finite (and likewise `|v^l|^2` for V), so no second
+    pass over those gradients is needed; only head gradients, which are not
+    in the Gram form, are checked directly. (A finite gradient whose squared
+    norm overflows float32, `|g| > 1.8e19`, also counts as non-finite.) V's
+    head gradients are never applied, so they are not checked.
+    """
+    k = len(source_grads)
+    finite = tf.reduce_all(tf.math.is_finite(tf.linalg.diag_part(gram)), 0)
+    heads_finite = [_all_finite([source_grads[s][i] for i in heads])
+                    for s in range(k)]
+    finite = tf.logical_and(finite, tf.stack(heads_finite))
+    v_finite = tf.reduce_all(tf.math.is_finite(v_sq))
+    return tf.concat([finite, v_finite[None]], 0)
 
   def _group_layers(self, source_grads, validation_grads, trainable_variables):
     """Splits variable indices into mixed layers and head variables."""

@@ -131,6 +131,28 @@ def test_non_finite_gradients_skip_the_step_and_are_counted():
   assert int(optimizer.iterations) == 1
 
 
+@pytest.mark.parametrize("where,culprit", [("head", 1), ("validation", 2),
+                                            ("inf trunk", 0)])
+def test_non_finite_head_or_validation_gradient_is_caught(where, culprit):
+  variables = _variables()
+  before = [v.numpy().copy() for v in variables]
+  optimizer = GradMix(keras.optimizers.SGD(0.1))
+  s0 = [tf.constant([1.0, 0.0]), tf.constant([0.4]), None]
+  s1 = [tf.constant([0.0, 1.0]), None, tf.constant([0.2])]
+  val = [tf.constant([1.0, 1.0]), None, None]
+  if where == "head":
+    s1[2] = tf.constant([np.nan])
+  elif where == "validation":
+    val[0] = tf.constant([1.0, np.inf])
+  else:
+    s0[0] = tf.constant([-np.inf, 0.0])
+  stats = optimizer.apply_gradmix([s0, s1], val, variables)
+  assert not bool(stats["applied"])
+  assert int(stats["nonfinite_source"]) == culprit
+  for v, b in zip(variables, before):
+    np.testing.assert_array_equal(v.numpy(), b)
+
+
 def test_config_round_trip():
   optimizer = GradMix(keras.optimizers.Adam(0.003), beta=7.0, gamma=0.3,
                       solver="slsqp", adaptive_lr=False, rho_reduction="mean",
