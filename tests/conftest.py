@@ -7,6 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
+from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
+from gradmix_tf.data.experiment import ExperimentData, SourceData  # pylint: disable=g-import-not-at-top
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 
@@ -23,3 +26,41 @@ def shared_data():
   if not os.path.isfile(os.path.join(SHARED_DATA, "mnist.npz")):
     pytest.skip("../shared/data/mnist.npz is not present")
   return SHARED_DATA
+
+
+def tiny_data(seed=0):
+  """Two sources (3 and 2 classes) of random 28x28x3 images, V, H, U, test."""
+  rng = np.random.default_rng(seed)
+
+  def images(n):
+    return rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
+
+  def labels(n, classes):
+    return rng.integers(0, classes, n).astype(np.int64)
+
+  return ExperimentData(
+      sources=(SourceData("s1", images(40), labels(40, 3), 0),
+               SourceData("s2", images(30), labels(30, 2), 1)),
+      head_classes=((5, 6, 7), (0, 1)),
+      target_head=0,
+      v=(images(6), np.array([0, 0, 1, 1, 2, 2])),
+      h=(images(12), labels(12, 3)),
+      u=(images(10), labels(10, 3)),
+      test=(images(15), labels(15, 3)))
+
+
+def tiny_config(**overrides):
+  """A digit config with a 2-channel ConvNet and a few steps."""
+  config = config_lib.base_config()
+  config.name = "tiny"
+  config.model.widths = (2, 2, 2, 2)
+  config.model.units = 4
+  config.steps = 6
+  config.finetune_steps = 3
+  config.batch_size = 8
+  config.log_every = 2
+  config.eval_every = 2
+  config.checkpoint_every = 3
+  for key, value in overrides.items():
+    config[key] = value
+  return config

@@ -175,3 +175,15 @@ def test_exact_solver_compiles_under_xla(k):
   np.testing.assert_allclose(compiled(gram, cross).numpy(),
                              solvers.solve_mix_weights(gram, cross).numpy(),
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 5, solvers.MAX_ENUMERATED_SOURCES + 1])
+def test_compiled_exact_solve_equals_the_plain_graph(k):
+  rng = np.random.default_rng(10 + k)
+  grads = rng.normal(size=(6, k, 12))
+  v = rng.normal(size=(6, 12))
+  gram = np.einsum("lkn,ljn->lkj", grads, grads)
+  cross = np.einsum("lkn,ln->lk", grads, v)
+  np.testing.assert_allclose(
+      solvers.solve_mix_weights(gram, cross).numpy(),
+      solvers._solve_exact(gram, cross).numpy(), atol=1e-6)

@@ -6,46 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from gradmix_tf import config_lib
-from gradmix_tf.data.experiment import ExperimentData, SourceData
+from conftest import tiny_config as _config
+from conftest import tiny_data as _data
 from gradmix_tf.errors import TrainingError
 from gradmix_tf.trainer import METHODS, Trainer, batch_indices
-
-
-def _data(seed=0):
-  rng = np.random.default_rng(seed)
-
-  def images(n):
-    return rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
-
-  def labels(n, classes):
-    return rng.integers(0, classes, n).astype(np.int64)
-
-  return ExperimentData(
-      sources=(SourceData("s1", images(40), labels(40, 3), 0),
-               SourceData("s2", images(30), labels(30, 2), 1)),
-      head_classes=((5, 6, 7), (0, 1)),
-      target_head=0,
-      v=(images(6), np.array([0, 0, 1, 1, 2, 2])),
-      h=(images(12), labels(12, 3)),
-      u=(images(10), labels(10, 3)),
-      test=(images(15), labels(15, 3)))
-
-
-def _config(**overrides):
-  config = config_lib.base_config()
-  config.name = "tiny"
-  config.model.widths = (2, 2, 2, 2)
-  config.model.units = 4
-  config.steps = 6
-  config.finetune_steps = 3
-  config.batch_size = 8
-  config.log_every = 2
-  config.eval_every = 2
-  config.checkpoint_every = 3
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 def test_batch_indices_are_epoch_permutations_and_resume_consistently():
