@@ -212,10 +212,15 @@ class GradMix(keras.optimizers.Optimizer):
                                       trainable_variables)
     self.mixed_layer_names = [name for name, _ in mixed]
 
-    layer_source_grads = [[[source_grads[s][i] for i in indices]
+    # Statistics come from the gradients summed over replicas (V's averaged:
+    # every replica computes it on all of V), so every replica solves the
+    # same weights; a cosine of per-replica gradients would not be the
+    # cosine of the summed ones.
+    stat_sources, stat_val = _all_reduce_for_statistics(source_grads,
+                                                        validation_grads)
+    layer_source_grads = [[[stat_sources[s][i] for i in indices]
                            for s in range(k)] for _, indices in mixed]
-    layer_val_grads = [[validation_grads[i] for i in indices]
-                       for _, indices in mixed]
+    layer_val_grads = [[stat_val[i] for i in indices] for _, indices in mixed]
     gram, cross, v_sq = solvers.gram_statistics(layer_source_grads,
                                                 layer_val_grads)
     weights = self.solve_weights(gram, cross)
@@ -226,40 +231,19 @@ class GradMix(keras.optimizers.Optimizer):
       rho = rho / float(max(len(mixed), 1))
     eta = tf.cast(self.learning_rate_scale(rho), tf.float32)
 
-    finite = self._finite_per_source(gram, v_sq, source_grads, heads)
+    finite = self._finite_per_source(gram, v_sq, stat_sources, heads)
     all_finite = tf.reduce_all(finite)
     nonfinite_source = tf.where(
         all_finite, tf.constant(NO_NONFINITE_SOURCE, tf.int64),
         tf.argmin(tf.cast(finite, tf.int32), output_type=tf.int64))
 
-    def apply_mixed():
-      mixed_grads = [None] * len(trainable_variables)
-      for layer_index, (_, indices) in enumerate(mixed):
-        for i in indices:
-          mixed_grads[i] = tf.add_n([
-              tf.cast(weights[layer_index, s], source_grads[s][i].dtype)
-              * source_grads[s][i] for s in range(k)])
-      for i in heads:
-        present = [source_grads[s][i] for s in range(k)
-                   if source_grads[s][i] is not None]
-        mixed_grads[i] = tf.add_n(present) if present else None
-      # tf.identity puts every gradient inside this cond branch's graph, as
-      # the inner optimizer's all-reduce (a custom gradient) requires.
-      pairs = [(tf.identity(g), v)
-               for g, v in zip(mixed_grads, trainable_variables)
-               if g is not None]
-      with _learning_rate_scaled_by(self.inner_optimizer, eta):
-        self.inner_optimizer.apply([g for g, _ in pairs],
-                                   [v for _, v in pairs])
-      self.consecutive_skips.assign(0)
-      return tf.constant(True)
-
-    def skip():
-      self.skipped_steps.assign_add(1)
-      self.consecutive_skips.assign_add(1)
-      return tf.constant(False)
-
-    applied = tf.cond(all_finite, apply_mixed, skip)
+    # The replica's own gradients are mixed; the inner optimizer's all-reduce
+    # then sums them into exactly the mixed global gradient (no double sum).
+    mixed_grads = _mix(weights, source_grads, mixed, heads)
+    pairs = [(g, v) for g, v in zip(mixed_grads, trainable_variables)
+             if g is not None]
+    applied = self._apply_unless_non_finite(
+        all_finite, [g for g, _ in pairs], [v for _, v in pairs], eta)
     return {
         "weights": weights,
         "cosines": cosines,
@@ -270,6 +254,51 @@ class GradMix(keras.optimizers.Optimizer):
         "source_grad_norms": tf.sqrt(tf.maximum(tf.reduce_sum(
             tf.linalg.diag_part(gram), 0), 0.0)),
     }
+
+  def _apply_inner(self, grads, variables, eta):
+    # tf.identity puts every gradient inside the calling cond branch's graph,
+    # as the inner optimizer's all-reduce (a custom gradient) requires.
+    with _learning_rate_scaled_by(self.inner_optimizer, eta):
+      self.inner_optimizer.apply([tf.identity(g) for g in grads], variables)
+
+  def _applied(self):
+    self.consecutive_skips.assign(0)
+    return tf.constant(True)
+
+  def _skipped(self):
+    self.skipped_steps.assign_add(1)
+    self.consecutive_skips.assign_add(1)
+    return tf.constant(False)
+
+  def _apply_unless_non_finite(self, all_finite, grads, variables, eta):
+    """Applies the mixed step, or skips it; returns whether it applied.
+
+    Under a strategy that synchronises through `merge_call` (e.g.
+    `MirroredStrategy`) the decision is taken in cross-replica context and
+    the apply runs per replica inside it, as `LossScaleOptimizer` does:
+    a synchronisation point may not sit inside replica-side control flow.
+    """
+    def apply_then_reset():
+      self._apply_inner(grads, variables, eta)
+      return self._applied()
+
+    context = tf.distribute.get_replica_context()
+    if (context is None or context.num_replicas_in_sync == 1
+        or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+      return tf.cond(all_finite, apply_then_reset, self._skipped)
+
+    def in_cross_replica(distribution, finite, grads, eta):
+      finite = distribution.experimental_local_results(finite)[0]
+
+      def apply_everywhere():
+        distribution.extended.call_for_each_replica(
+            self._apply_inner, args=(grads, variables, eta))
+        return self._applied()
+
+      return tf.cond(finite, apply_everywhere, self._skipped)
+
+    return context.merge_call(in_cross_replica,
+                              args=(all_finite, grads, eta))
 
   def _finite_per_source(self, gram, v_sq, source_grads, heads):
     """`[k + 1]` booleans: every gradient of source i (and of V) is finite.
@@ -334,6 +363,35 @@ class GradMix(keras.optimizers.Optimizer):
     inner = keras.saving.deserialize_keras_object(
         config.pop("inner_optimizer"), custom_objects=custom_objects)
     return cls(inner, **config)
+
+
+def _mix(weights, source_grads, mixed, heads):
+  """`sum_i w~_i^l g_i^l` on mixed layers, the plain sum on heads."""
+  mixed_grads = [None] * len(source_grads[0])
+  for layer_index, (_, indices) in enumerate(mixed):
+    for i in indices:
+      mixed_grads[i] = tf.add_n([
+          tf.cast(weights[layer_index, s], grads[i].dtype) * grads[i]
+          for s, grads in enumerate(source_grads)])
+  for i in heads:
+    present = [grads[i] for grads in source_grads if grads[i] is not None]
+    mixed_grads[i] = tf.add_n(present) if present else None
+  return mixed_grads
+
+
+def _all_reduce_for_statistics(source_grads, validation_grads):
+  """Per-source gradients summed, and V's averaged, over replicas."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return source_grads, validation_grads
+
+  def reduce(grads, op):
+    present = [g for g in grads if g is not None]
+    reduced = iter(context.all_reduce(op, present))
+    return [None if g is None else next(reduced) for g in grads]
+
+  return ([reduce(g, tf.distribute.ReduceOp.SUM) for g in source_grads],
+          reduce(validation_grads, tf.distribute.ReduceOp.MEAN))
 
 
 def _all_finite(grads):
