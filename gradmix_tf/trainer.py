@@ -73,9 +73,30 @@ def batch_indices(num_examples, batch_size, seed, start_step, end_step):
       np.int32)
 
 
-def cross_entropy(labels, logits):
-  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=labels, logits=logits))
+def cross_entropy(labels, logits, global_batch=None):
+  """Mean cross-entropy; with `global_batch`, the sum divided by it.
+
+  A replica that holds `B / R` of a global batch of `B` returns its share of
+  the global mean, so summing gradients over replicas gives the gradient of
+  the global mean (what one device computes on the whole batch).
+  """
+  per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits)
+  if global_batch is None:
+    return tf.reduce_mean(per_example)
+  return tf.reduce_sum(per_example) / float(global_batch)
+
+
+def is_chief(strategy):
+  """Whether this process writes checkpoints, summaries and metrics."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and (
+      not has_chief)
 
 
 def make_sgd(config, learning_rate):
@@ -102,9 +123,13 @@ class Trainer:
     config: the resolved ConfigDict (see `configs/`).
     data: an `ExperimentData`.
     workdir: where checkpoints, TensorBoard logs and metrics go.
+    strategy: a `tf.distribute.Strategy` (the launcher creates it); default:
+      the current one. `batch_size` is the global batch per source and is
+      split evenly over replicas; V is replicated (every replica computes
+      its loss on all of V).
   """
 
-  def __init__(self, config, data, workdir):
+  def __init__(self, config, data, workdir, strategy=None):
     if config.method not in METHODS:
       raise ConfigError(
           f"unknown method {config.method!r}: choose one of "
@@ -112,7 +137,20 @@ class Trainer:
     self.config = config
     self.data = data
     self.workdir = workdir
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.replicas = self.strategy.num_replicas_in_sync
+    self.global_batch = int(config.batch_size)
+    if self.global_batch % self.replicas:
+      raise ConfigError(
+          f"batch_size {self.global_batch} does not split over "
+          f"{self.replicas} replicas; use a multiple of {self.replicas}")
+    self.replica_batch = self.global_batch // self.replicas
+    self.is_chief = is_chief(self.strategy)
     keras.utils.set_random_seed(int(config.seed))
+    with self.strategy.scope():
+      self._build_state(config, data, workdir)
+
+  def _build_state(self, config, data, workdir):
     self.model = models.build_model(
         config.model, tuple(config.input_shape), data.num_classes_per_head)
     self.variables = self.model.trainable_variables
@@ -130,8 +168,16 @@ class Trainer:
       phase["optimizer"].build(self.variables)
     self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step,
                                           **trackables)
+    # Every worker saves (saving is collective); only the chief's copy is the
+    # run's, the others keep theirs to resume from.
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if not self.is_chief:
+      checkpoint_dir = os.path.join(
+          workdir, "workers",
+          f"{self.strategy.cluster_resolver.task_type}_"
+          f"{self.strategy.cluster_resolver.task_id}", "checkpoints")
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2)
+        self.checkpoint, checkpoint_dir, max_to_keep=2)
     self._predict = tf.function(
         lambda x: tf.nn.softmax(self.model(x, head=data.target_head)))
 
@@ -155,16 +201,42 @@ class Trainer:
   def _phase(self, kind, steps, optimizer):
     makers = {"target": self._target_step, "plain": self._plain_step,
               "joint": self._joint_step, "gradmix": self._gradmix_step}
+    replica_step = makers[kind](optimizer)
+    if self.replicas == 1 and not isinstance(
+        self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      fn = replica_step
+    else:
+      fn = self._distributed(replica_step)
     return {"kind": kind, "steps": steps, "optimizer": optimizer,
-            "fn": tf.function(makers[kind](optimizer),
-                              jit_compile=bool(self.config.jit_compile))}
+            "fn": tf.function(fn, jit_compile=bool(self.config.jit_compile))}
+
+  def _distributed(self, replica_step):
+    """Runs `replica_step` on every replica; reduces what it returns.
+
+    Source losses are shares of the global mean (summed); everything else
+    (V's loss, GradMix's weights, rho, eta) is the same on every replica.
+    """
+    source_keys = {f"loss/{s.name}" for s in self.data.sources}
+
+    def step(indices):
+      out = self.strategy.run(replica_step, args=(indices,))
+      return {key: (self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
+                                         axis=None) if key in source_keys
+                    else self.strategy.experimental_local_results(value)[0])
+              for key, value in out.items()}
+    return step
 
   def _source_losses(self, indices):
+    """Each source's share of its global-batch mean loss on this replica."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    start = replica * self.replica_batch
     losses = []
     for images, labels, head, index in zip(
         self.source_images, self.source_labels, self.source_heads, indices):
+      index = index[start:start + self.replica_batch]
       logits = self.model(tf.gather(images, index), head=head, training=True)
-      losses.append(cross_entropy(tf.gather(labels, index), logits))
+      losses.append(cross_entropy(tf.gather(labels, index), logits,
+                                  self.global_batch))
     return losses
 
   def _validation_loss(self):
@@ -177,7 +249,11 @@ class Trainer:
       del indices
       with tf.GradientTape() as tape:
         loss = self._validation_loss()
-      optimizer.apply(tape.gradient(loss, self.variables), self.variables)
+        # Every replica has all of V; their gradients are summed on apply.
+        applied_loss = loss / float(self.replicas)
+      grads = tape.gradient(applied_loss, self.variables)
+      pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
+      optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
       return {"loss/validation": loss}
     return step
 
@@ -187,7 +263,7 @@ class Trainer:
         losses = self._source_losses(indices)
         if with_validation:
           val_loss = self._validation_loss()
-          total = tf.add_n(losses + [val_loss])
+          total = tf.add_n(losses + [val_loss / float(self.replicas)])
         else:
           total = tf.add_n(losses)
       grads = tape.gradient(total, self.variables)
@@ -245,7 +321,8 @@ class Trainer:
     start = int(self.step.numpy())
     if restored and start:
       logging.info("Resumed from %s at step %d.", restored, start)
-    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+    writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+              if self.is_chief else tf.summary.create_noop_writer())
     curve = self._load_curve() if start else []
     started = time.time()
     step_seconds = []
@@ -282,7 +359,10 @@ class Trainer:
             "u": int(len(self.data.u[1])),
             "test": int(len(self.data.test[1]))},
     }
-    _write_json_atomically(os.path.join(self.workdir, "metrics.json"), metrics)
+    metrics["replicas"] = self.replicas
+    if self.is_chief:
+      _write_json_atomically(os.path.join(self.workdir, "metrics.json"),
+                             metrics)
     logging.info("%s: test accuracy %.4f, hyper-validation accuracy %.4f "
                  "(%d steps, %.0f s).", config.method, test_acc, hyper_acc,
                  self.total_steps, metrics["wall_seconds"])
@@ -327,7 +407,8 @@ class Trainer:
         with writer.as_default(step=done):
           tf.summary.scalar("hyperval/loss", hyper_loss)
           tf.summary.scalar("hyperval/accuracy", hyper_acc)
-        self._save_curve(curve)
+        if self.is_chief:
+          self._save_curve(curve)
       if done % int(config.checkpoint_every) == 0:
         self.manager.save(checkpoint_number=done)
     writer.flush()

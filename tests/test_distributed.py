@@ -1,0 +1,96 @@
+"""Distributed GradMix equals one device on the same global batch.
+
+Each run is a fresh process (`distributed_worker.py`): logical CPU devices
+must be configured before TensorFlow starts, and multi-worker training
+needs one process per worker.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
+WORKER_TIMEOUT = 240
+
+
+def _run(mode, out, method="gradmix", env=None):
+  result = subprocess.run(
+      [sys.executable, WORKER, mode, str(out), method], cwd=REPO,
+      capture_output=True, text=True, timeout=WORKER_TIMEOUT,
+      env=dict(os.environ, **(env or {})))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return dict(np.load(out))
+
+
+def _assert_same(reference, other):
+  assert set(reference) == set(other)
+  for key in reference:
+    np.testing.assert_allclose(other[key], reference[key], rtol=1e-5,
+                               atol=1e-5, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+  out = tmp_path_factory.mktemp("single") / "out.npz"
+  return _run("single", out)
+
+
+def test_mirrored_two_cpus_equals_one_device(single_device, tmp_path):
+  mirrored = _run("mirrored", tmp_path / "out.npz")
+  _assert_same(single_device, mirrored)
+  # Not vacuous: the step moved the parameters and mixed two sources.
+  assert not np.allclose(mirrored["weights_0"], mirrored["weights_1"])
+
+
+@pytest.mark.parametrize("method", ["joint", "target_only"])
+def test_mirrored_plain_steps_count_v_once(tmp_path, method):
+  single = _run("single", tmp_path / "single.npz", method)
+  mirrored = _run("mirrored", tmp_path / "mirrored.npz", method)
+  _assert_same(single, mirrored)
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_local_workers_equal_one_device(single_device, tmp_path):
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  processes = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": cluster,
+                            "task": {"type": "worker", "index": index}})
+    processes.append(subprocess.Popen(
+        [sys.executable, WORKER, "multi_worker",
+         str(tmp_path / f"out{index}.npz")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, TF_CONFIG=tf_config)))
+  outputs = []
+  try:
+    for process in processes:
+      # A worker whose peer never comes blocks and ignores SIGTERM.
+      output, _ = process.communicate(timeout=WORKER_TIMEOUT)
+      outputs.append(output)
+  except subprocess.TimeoutExpired:
+    for process in processes:
+      process.send_signal(signal.SIGKILL)
+    pytest.fail(f"multi-worker run did not finish in {WORKER_TIMEOUT} s")
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  # Only the chief (worker 0) writes its result.
+  assert not (tmp_path / "out1.npz").exists()
+  _assert_same(single_device, dict(np.load(tmp_path / "out0.npz")))
