@@ -58,6 +58,10 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
+  # Scale-out (gradmix_tf/distribute.py) and export.
+  config.distribution = "default"  # default | mirrored | multi_worker
+  config.logical_cpus = 0          # >= 2: mirrored over logical CPU devices
+  config.export_dir = ""           # export for TF Serving after training
   # Loop.
   config.jit_compile = False       # XLA for the train steps
   config.log_every = 50

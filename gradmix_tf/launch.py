@@ -63,15 +63,24 @@ def prepare_workdir(workdir, config):
 def train(config, workdir):
   """Builds the data and trains; returns the metrics dict."""
   # Imported here so `--help` and config errors do not wait for TensorFlow.
+  from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
   from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
   from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(config)
+  strategy = distribute.make_strategy(config)
   workdir = workdir or default_workdir(config)
   prepare_workdir(workdir, config)
-  logging.info("Config %s, method %s, k=%d, seed %d -> %s", config.name,
-               config.method, config.k, config.seed, workdir)
+  logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
+               config.name, config.method, config.k, config.seed,
+               strategy.num_replicas_in_sync, workdir)
   data = build_experiment(config, seed=int(config.seed), k=int(config.k))
-  return Trainer(config, data, workdir).run()
+  trainer = Trainer(config, data, workdir, strategy=strategy)
+  metrics = trainer.run()
+  if config.export_dir and trainer.is_chief:
+    from gradmix_tf import export  # pylint: disable=g-import-not-at-top
+    path = export.export_trainer(trainer, config.export_dir, config.name)
+    logging.info("Exported for TF Serving: %s", path)
+  return metrics
 
 
 def main(argv):

@@ -317,6 +317,9 @@ class Trainer:
     """Trains (resuming from the last checkpoint) and writes metrics.json."""
     config = self.config
     os.makedirs(self.workdir, exist_ok=True)
+    if self.is_chief:
+      from gradmix_tf import export  # pylint: disable=g-import-not-at-top
+      export.write_model_description(self.workdir, config, self.data)
     restored = self.manager.restore_or_initialize()
     start = int(self.step.numpy())
     if restored and start:

@@ -1,0 +1,214 @@
+r"""Export a trained run for TensorFlow Serving.
+
+    python -m gradmix_tf.export --workdir=runs/gm --export_dir=/models \
+        [--name=digits_mnistm] [--version=N] [--overwrite]
+
+writes `<export_dir>/<name>/<version>/`, a SavedModel whose signatures take
+raw images and return the target head's prediction:
+
+* ``serving_default``: `images` uint8 `[batch, height, width, channels]`;
+* ``serve_float``: `images` float32 in 0..255, same layout;
+
+both returning `probabilities` `[batch, classes]` (softmax of the target
+head) and `classes` `[batch]` (the original class ids, e.g. 5..9). The
+preprocessing runs in the graph exactly as in training: grey becomes RGB
+(or RGB grey), smaller images are zero-padded around the centre, larger
+ones area-resized, and the trunk rescales by 1/255. Without `--version` the
+next integer after the existing versions is used (TF Serving serves the
+largest); an existing version directory is refused unless `--overwrite`.
+The export is written beside its destination and renamed into place, so a
+failed export leaves nothing behind.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import app
+from absl import flags
+import ml_collections
+import tensorflow as tf
+
+from gradmix_tf import models
+from gradmix_tf.errors import UserError
+
+MODEL_FILE = "model.json"
+
+
+class ServingModule(tf.Module):
+  """The target head of a trained model behind serving signatures."""
+
+  def __init__(self, model, target_head, class_ids, input_shape):
+    super().__init__()
+    self.model = model
+    self.target_head = int(target_head)
+    self.class_ids = tf.constant(list(class_ids), tf.int64)
+    self.size, _, self.channels = (int(d) for d in input_shape)
+    self.serve_uint8 = tf.function(
+        self._serve_uint8,
+        input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8,
+                                       name="images")])
+    self.serve_float = tf.function(
+        self._serve_float,
+        input_signature=[tf.TensorSpec([None, None, None, None], tf.float32,
+                                       name="images")])
+
+  def _serve_uint8(self, images):
+    return self._predict(tf.cast(images, tf.float32))
+
+  def _serve_float(self, images):
+    return self._predict(images)
+
+  def _predict(self, images):
+    images = self._conform(images)
+    logits = self.model(images, head=self.target_head)
+    probabilities = tf.nn.softmax(logits)
+    classes = tf.gather(self.class_ids, tf.argmax(probabilities, -1))
+    return {"probabilities": probabilities, "classes": classes}
+
+  def _conform(self, images):
+    """`gradmix_tf.data.digits.conform_images`, in the graph (float)."""
+    channels = tf.shape(images)[-1]
+    tf.debugging.assert_equal(
+        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
+        message="images must have 1 (grey) or 3 (RGB) channels")
+    if self.channels == 3:
+      images = tf.cond(tf.equal(channels, 1),
+                       lambda: tf.tile(images, [1, 1, 1, 3]), lambda: images)
+    else:
+      luminance = tf.constant([[0.299], [0.587], [0.114]], tf.float32)
+      images = tf.cond(tf.equal(channels, 3),
+                       lambda: tf.round(tf.tensordot(images, luminance, 1)),
+                       lambda: images)
+    images = tf.ensure_shape(images, [None, None, None, self.channels])
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    fits = tf.logical_and(height <= self.size, width <= self.size)
+    images = tf.cond(
+        fits,
+        lambda: tf.image.pad_to_bounding_box(
+            images, (self.size - height) // 2, (self.size - width) // 2,
+            self.size, self.size),
+        lambda: tf.round(tf.image.resize(images, (self.size, self.size),
+                                         method="area")))
+    return tf.ensure_shape(images, [None, self.size, self.size,
+                                    self.channels])
+
+
+def next_version(model_dir):
+  versions = [int(name) for name in os.listdir(model_dir)
+              if name.isdigit()] if os.path.isdir(model_dir) else []
+  return max(versions, default=0) + 1
+
+
+def export_model(model, target_head, class_ids, input_shape, export_dir,
+                 name, version=None, overwrite=False):
+  """Writes `<export_dir>/<name>/<version>/`; returns that path.
+
+  Raises:
+    UserError: the version directory exists and `overwrite` is False.
+  """
+  model_dir = os.path.join(export_dir, name)
+  version = int(version) if version else next_version(model_dir)
+  path = os.path.join(model_dir, str(version))
+  if os.path.exists(path) and not overwrite:
+    raise UserError(f"{path} already exists: pass --overwrite to replace it "
+                    "or --version=N for another version")
+  module = ServingModule(model, target_head, class_ids, input_shape)
+  signatures = {"serving_default": module.serve_uint8.get_concrete_function(),
+                "serve_float": module.serve_float.get_concrete_function()}
+  # The TF1-style loader of TF Serving restores only variables the object
+  # graph reaches as tf.Variables; Keras variables wrap theirs, so the
+  # captured ones are tracked explicitly (as keras.export.ExportArchive does).
+  captured = {}
+  for function in signatures.values():
+    for variable in function.variables:
+      captured[id(variable)] = variable
+  module.served_variables = list(captured.values())
+  os.makedirs(model_dir, exist_ok=True)
+  partial = os.path.join(model_dir, f".partial-{version}-{os.getpid()}")
+  try:
+    tf.saved_model.save(module, partial, signatures=signatures)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(partial, path)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  return path
+
+
+def write_model_description(workdir, config, data):
+  """What export needs to rebuild the network from a workdir."""
+  description = {
+      "name": config.name,
+      "model": config.model.to_dict(),
+      "input_shape": list(config.input_shape),
+      "head_classes": [list(c) for c in data.head_classes],
+      "target_head": data.target_head,
+  }
+  partial = os.path.join(workdir, MODEL_FILE + ".tmp")
+  with open(partial, "w") as f:
+    json.dump(description, f, indent=2)
+  os.replace(partial, os.path.join(workdir, MODEL_FILE))
+
+
+def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
+  data = trainer.data
+  return export_model(trainer.model, data.target_head,
+                      data.head_classes[data.target_head],
+                      trainer.config.input_shape, export_dir, name, version,
+                      overwrite)
+
+
+def export_workdir(workdir, export_dir, name=None, version=None,
+                   overwrite=False):
+  """Rebuilds the model of a finished run and exports it."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: --workdir must be a run written by "
+                    "python -m gradmix_tf.launch")
+  with open(path) as f:
+    description = json.load(f)
+  name = name or description.get("name") or "model"
+  model = models.build_model(
+      ml_collections.ConfigDict(description["model"]),
+      tuple(description["input_shape"]),
+      [len(c) for c in description["head_classes"]])
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  if latest is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints: train first")
+  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  head = description["target_head"]
+  return export_model(model, head, description["head_classes"][head],
+                      description["input_shape"], export_dir, name, version,
+                      overwrite)
+
+
+def _define_flags():
+  """Flags of the command line only (the launcher imports this module)."""
+  flags.DEFINE_string("workdir", None, "A finished training run.")
+  flags.DEFINE_string("export_dir", None, "Export base directory.")
+  flags.DEFINE_string("name", None, "Model name (default: the config's).")
+  flags.DEFINE_integer("version", None, "Version (default: the next one).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  values = flags.FLAGS
+  if not values.workdir or not values.export_dir:
+    print("error: --workdir and --export_dir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    path = export_workdir(values.workdir, values.export_dir, values.name,
+                          values.version, values.overwrite)
+  except UserError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+  print(path)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
