@@ -94,3 +94,40 @@ def test_two_local_workers_equal_one_device(single_device, tmp_path):
   # Only the chief (worker 0) writes its result.
   assert not (tmp_path / "out1.npz").exists()
   _assert_same(single_device, dict(np.load(tmp_path / "out0.npz")))
+
+
+def test_local_workers_launcher_trains_digits_mnistm(shared_data, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch/local_workers.py", "--workers=2",
+       "--timeout=400", "--", "--config=digits_mnistm",
+       "--config.quick=True", f"--config.data_dir={shared_data}",
+       f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=450,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  logs = "".join(open(tmp_path / f"worker_{i}.log").read()[-1500:]
+                 for i in range(2) if (tmp_path / f"worker_{i}.log").exists())
+  assert result.returncode == 0, result.stderr + logs
+  with open(tmp_path / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["replicas"] == 2 and metrics["steps"] == 30
+
+
+def test_local_workers_launcher_stops_all_when_one_fails(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch/local_workers.py", "--workers=2",
+       "--timeout=200", "--", "--config=no_such_config",
+       f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=250)
+  assert result.returncode == 1 and "error: " in result.stderr
+
+
+def test_local_workers_launcher_kills_workers_on_timeout(shared_data,
+                                                         tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch/local_workers.py", "--workers=2",
+       "--timeout=2", "--", "--config=digits_mnistm", "--config.quick=True",
+       f"--config.data_dir={shared_data}", f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "timeout after 2 s; stopping all workers" in result.stderr
+  assert not (tmp_path / "metrics.json").exists()
