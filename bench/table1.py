@@ -112,9 +112,34 @@ def write_report(args, seeds, ks):
       table="\n".join(rows), command=command, steps=args.steps,
       minutes=minutes, plot=os.path.relpath(plot, os.path.dirname(args.out))
       if plot else "(not drawn: matplotlib missing)")
-  with open(args.out, "w") as f:
-    f.write(text)
+  replace_block(args.out, "table1", text)
   print(text)
+
+
+def replace_block(path, name, text):
+  """Writes `text` between `<!-- name:start -->` and `<!-- name:end -->`.
+
+  Other sections of the file (other experiments, hand-written discussion)
+  are kept; a file without the markers gets the block appended.
+  """
+  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+  block = f"{start}\n{text.rstrip()}\n{end}\n"
+  existing = ""
+  if os.path.isfile(path):
+    with open(path) as f:
+      existing = f.read()
+  if start in existing and end in existing:
+    head, rest = existing.split(start, 1)
+    _, tail = rest.split(end, 1)
+    updated = head + block + tail.lstrip("\n")
+  elif existing:
+    updated = existing.rstrip() + "\n\n" + block
+  else:
+    updated = "# Results\n\n" + block
+  partial = path + ".tmp"
+  with open(partial, "w") as f:
+    f.write(updated)
+  os.replace(partial, path)
 
 
 def plot_curves(args, seeds, ks):
@@ -144,9 +169,7 @@ def plot_curves(args, seeds, ks):
   return path
 
 
-RESULTS_TEMPLATE = """# Results
-
-## Table 1, upper block: `digits_mnistm`
+RESULTS_TEMPLATE = """## Table 1, upper block: `digits_mnistm`
 
 MNIST 5-9 (one half) + MNIST-M 0-4 -> MNIST-M 5-9 (built from the other
 half); test = MNIST-M from MNIST test 5-9 (4861 images). Test accuracy (%)
