@@ -20,6 +20,14 @@ loss and the gradient of the validation loss on `V`, and
    moments, weight decay, clipping) is therefore untouched and its
    `iterations` advances by one.
 
+Under `tf.distribute` the per-source gradients are all-reduced (summed; V's
+averaged, every replica computing it on all of V) before step 2, so every
+replica solves the same weights; each replica then mixes its own gradients
+and the inner optimizer's all-reduce sums them into the global mixed
+gradient. Where the strategy needs `merge_call` (`MirroredStrategy`), the
+apply-or-skip decision runs in cross-replica context, as in
+`LossScaleOptimizer`.
+
 A step with any non-finite source or validation gradient is skipped and
 counted (`skipped_steps`, `consecutive_skips`); the trainer stops after
 `max_consecutive_skips`.
