@@ -30,7 +30,10 @@ and a resumed run continues exactly where the uninterrupted one would be.
 
 The loop checkpoints (`tf.train.CheckpointManager`), writes TensorBoard
 summaries, evaluates the hyper-validation set `H` every `eval_every` steps
-(paper Fig. 3), shows progress, and writes `metrics.json` at the end.
+(paper Fig. 3) and keeps the weights of the best `H` accuracy in `best/`,
+shows progress, and writes `metrics.json` at the end: test accuracy of the
+final weights (`test_accuracy`) and of the best-`H` weights
+(`test_accuracy_at_best_hyperval`).
 """
 
 import json
@@ -178,6 +181,12 @@ class Trainer:
           f"{self.strategy.cluster_resolver.task_id}", "checkpoints")
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, checkpoint_dir, max_to_keep=2)
+    # The weights of the best hyper-validation accuracy so far (model
+    # selection on H, as the paper uses H).
+    self.best_manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=self.model),
+        os.path.join(os.path.dirname(checkpoint_dir), "best"), max_to_keep=1)
+    self.best_hyperval = (0, -1.0)
     self._predict = tf.function(
         lambda x: tf.nn.softmax(self.model(x, head=data.target_head)))
 
@@ -327,6 +336,9 @@ class Trainer:
     writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
               if self.is_chief else tf.summary.create_noop_writer())
     curve = self._load_curve() if start else []
+    if curve:
+      best = max(curve, key=lambda point: point[2])
+      self.best_hyperval = (best[0], best[2])
     started = time.time()
     step_seconds = []
     phase_start = 0
@@ -340,6 +352,7 @@ class Trainer:
     self.manager.save(checkpoint_number=self.total_steps)
     hyper_loss, hyper_acc = self.evaluate(*self.data.h)
     test_loss, test_acc = self.evaluate(*self.data.test)
+    best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
     metrics = {
         "config": config.name,
         "method": config.method,
@@ -351,6 +364,9 @@ class Trainer:
         "hyperval_accuracy": hyper_acc,
         "hyperval_loss": hyper_loss,
         "hyperval_curve": curve,
+        "best_hyperval_step": best_step,
+        "best_hyperval_accuracy": best_hyper_acc,
+        "test_accuracy_at_best_hyperval": best_test_acc,
         "wall_seconds": time.time() - started,
         "resumed_from_step": start,
         "median_step_seconds": (float(np.median(step_seconds))
@@ -410,11 +426,25 @@ class Trainer:
         with writer.as_default(step=done):
           tf.summary.scalar("hyperval/loss", hyper_loss)
           tf.summary.scalar("hyperval/accuracy", hyper_acc)
+        if hyper_acc > self.best_hyperval[1]:
+          self.best_hyperval = (done, hyper_acc)
+          self.best_manager.save(checkpoint_number=done)
         if self.is_chief:
           self._save_curve(curve)
       if done % int(config.checkpoint_every) == 0:
         self.manager.save(checkpoint_number=done)
     writer.flush()
+
+  def _evaluate_best(self):
+    """(step, H accuracy, test accuracy) of the best-H weights, if any."""
+    latest = self.best_manager.latest_checkpoint
+    if latest is None:
+      return None, None, None
+    final = [w.numpy() for w in self.model.weights]
+    self.best_manager.checkpoint.restore(latest).expect_partial()
+    _, test_acc = self.evaluate(*self.data.test)
+    self.model.set_weights(final)
+    return self.best_hyperval[0], self.best_hyperval[1], test_acc
 
   def _check_health(self, phase, stats, step):
     if phase["kind"] == "gradmix":

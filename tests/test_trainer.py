@@ -53,6 +53,11 @@ def test_every_method_trains_and_writes_metrics(tmp_path, method):
   assert [point[0] for point in metrics["hyperval_curve"]] == list(
       range(2, metrics["steps"] + 1, 2))
   assert os.listdir(tmp_path / "tb")
+  curve = metrics["hyperval_curve"]
+  best = max(curve, key=lambda point: point[2])
+  assert metrics["best_hyperval_step"] == best[0]
+  assert metrics["best_hyperval_accuracy"] == best[2]
+  assert 0.0 <= metrics["test_accuracy_at_best_hyperval"] <= 1.0
 
 
 def test_gradmix_writes_per_layer_weights_to_tensorboard(tmp_path):
@@ -82,3 +87,18 @@ def test_jit_compiled_gradmix_step_matches_the_graph_step(tmp_path):
     trainer.run()
   for a, b in zip(runs[0].model.weights, runs[1].model.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_best_hyperval_weights_are_the_ones_evaluated(tmp_path):
+  trainer = Trainer(_config(steps=6), _data(), str(tmp_path))
+  metrics = trainer.run()
+  final_test = trainer.evaluate(*trainer.data.test)[1]
+  assert final_test == metrics["test_accuracy"]  # final weights are back
+  # Restoring best/ by hand gives the reported best-H accuracies.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.train.Checkpoint(model=trainer.model).restore(
+      tf.train.latest_checkpoint(str(tmp_path / "best"))).expect_partial()
+  assert trainer.evaluate(*trainer.data.h)[1] == metrics[
+      "best_hyperval_accuracy"]
+  assert trainer.evaluate(*trainer.data.test)[1] == metrics[
+      "test_accuracy_at_best_hyperval"]
