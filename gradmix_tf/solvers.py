@@ -81,20 +81,24 @@ def gram_statistics(source_grads, validation_grads):
   """
   grams, crosses, v_sqs = [], [], []
   for layer_sources, layer_val in zip(source_grads, validation_grads):
-    gram = 0.0
-    cross = 0.0
-    v_sq = 0.0
-    for var_index, v in enumerate(layer_val):
-      stacked = tf.stack(
-          [tf.reshape(tf.cast(src[var_index], tf.float32), [-1])
-           for src in layer_sources])                      # [k, n]
-      v_flat = tf.reshape(tf.cast(v, tf.float32), [-1, 1])  # [n, 1]
-      gram += tf.matmul(stacked, stacked, transpose_b=True)
-      cross += tf.squeeze(tf.matmul(stacked, v_flat), -1)
-      v_sq += tf.reduce_sum(tf.square(v_flat))
-    grams.append(gram)
-    crosses.append(cross)
-    v_sqs.append(v_sq)
+    # Vectors 0..k-1 are the sources, k is V. Each entry is a sum over the
+    # layer's variables of elementwise products: a reduction parallel over
+    # the parameters, with no stacked copy (a [k, n] x [n, k] MatMul has a
+    # tiny output to split across cores; docs/PERFORMANCE.md).
+    vectors = [[tf.cast(g, tf.float32) for g in grads]
+               for grads in list(layer_sources) + [layer_val]]
+    k = len(layer_sources)
+
+    def dot(a, b):
+      return tf.add_n([tf.reduce_sum(x * y)
+                       for x, y in zip(vectors[a], vectors[b])])
+
+    entries = {(a, b): dot(a, b) for a in range(k + 1)
+               for b in range(a, k + 1)}
+    grams.append(tf.stack([tf.stack([entries[min(a, b), max(a, b)]
+                                     for b in range(k)]) for a in range(k)]))
+    crosses.append(tf.stack([entries[a, k] for a in range(k)]))
+    v_sqs.append(entries[k, k])
   return tf.stack(grams), tf.stack(crosses), tf.stack(v_sqs)
 
 
