@@ -22,10 +22,12 @@ Solvers:
   `w = argmin_{w >= 0} |G w - v|^2`. An NNLS optimum is attained on a support
   `S` whose columns are independent, where `w_S` solves `A_SS w_S = b_S`;
   there the residual is `|v|^2 - b_S . w_S`, so the optimum is the feasible
-  (`w_S >= 0`) support with the largest `b_S . w_S`. For `k <= 8` every support
-  is enumerated at once, batched over layers; above that a projected
+  (`w_S >= 0`) support with the largest `b_S . w_S`. For `k <= 8` every
+  support is enumerated at once, batched over layers; above that a projected
   Gauss-Seidel loop (coordinate descent on the same quadratic) runs in-graph
-  until it stops moving. The solve is compiled with XLA. If no `b_i > 0` the projection is zero and the best
+  until it stops moving or 1000 sweeps; it is accurate for well-conditioned
+  gradients but slow to converge on nearly collinear ones (an active-set
+  NNLS would be exact there). The solve is compiled with XLA. If no `b_i > 0` the projection is zero and the best
   cosine is a single source: for `b <= 0`,
   `|b.w| / |G w| >= sum w_i |b_i| / sum w_i |g_i| >= min_i |b_i| / |g_i|`
   (triangle inequality, then the mediant inequality), so the one-hot weight
@@ -54,7 +56,10 @@ import tensorflow as tf
 SOLVERS = ("exact", "slsqp", "meta_sgd")
 
 # Above this many sources the exact solver iterates instead of enumerating
-# the 2^k - 1 supports.
+# the 2^k - 1 supports. Compiled, the iteration is faster from k = 4 on
+# (0.44 vs 2.03 ms at k = 8, 60 layers) but coordinate descent cannot
+# converge on nearly collinear gradients (condition ~1e6: cosine off by 1e-4
+# after 1000 sweeps), so enumeration, exact by construction, goes up to 8.
 MAX_ENUMERATED_SOURCES = 8
 
 # A support whose normalised Gram block has a Cholesky pivot below this is

@@ -187,3 +187,18 @@ def test_compiled_exact_solve_equals_the_plain_graph(k):
   np.testing.assert_allclose(
       solvers.solve_mix_weights(gram, cross).numpy(),
       solvers._solve_exact(gram, cross).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_iterative_solver_on_nearly_collinear_sources(k):
+  """Coordinate descent is slowest when gradients are almost parallel."""
+  rng = np.random.default_rng(k)
+  base = rng.normal(size=12)
+  grads = base + 1e-3 * rng.normal(size=(k, 12))
+  grads[0] = -base + 0.1 * rng.normal(size=12)
+  v = base + 0.5 * rng.normal(size=12)
+  exact = cosine_of_mix(grads, v, _solve(grads, v, "exact"))
+  nnls, _ = scipy.optimize.nnls(grads.T, v)
+  assert exact == pytest.approx(cosine_of_mix(grads, v, nnls), abs=1e-6)
+  assert exact == pytest.approx(
+      cosine_of_mix(grads, v, _solve(grads, v, "slsqp")), abs=1e-6)
