@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from report import replace_block  # pylint: disable=g-import-not-at-top
+
 METHODS = ("target_only", "source_only", "fine_tune", "gradmix_sgd",
            "gradmix_no_adalr", "gradmix")
 LABELS = {
@@ -118,32 +120,6 @@ def write_report(args, seeds, ks):
       if plot else "(not drawn: matplotlib missing)")
   replace_block(args.out, "table1", text)
   print(text)
-
-
-def replace_block(path, name, text):
-  """Writes `text` between `<!-- name:start -->` and `<!-- name:end -->`.
-
-  Other sections of the file (other experiments, hand-written discussion)
-  are kept; a file without the markers gets the block appended.
-  """
-  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-  block = f"{start}\n{text.rstrip()}\n{end}\n"
-  existing = ""
-  if os.path.isfile(path):
-    with open(path) as f:
-      existing = f.read()
-  if start in existing and end in existing:
-    head, rest = existing.split(start, 1)
-    _, tail = rest.split(end, 1)
-    updated = head + block + tail.lstrip("\n")
-  elif existing:
-    updated = existing.rstrip() + "\n\n" + block
-  else:
-    updated = "# Results\n\n" + block
-  partial = path + ".tmp"
-  with open(partial, "w") as f:
-    f.write(updated)
-  os.replace(partial, path)
 
 
 def plot_curves(args, seeds, ks):
