@@ -208,10 +208,3 @@ def test_real_digits_mnistm_experiment(shared_data, tmp_path):
   assert len(data.test[1]) == 892 + 958 + 1028 + 974 + 1009
   assert data.test[0].shape[1:] == (28, 28, 3)
 
-
-def test_forward_flops_by_hand():
-  from gradmix_tf.models import forward_flops  # pylint: disable=g-import-not-at-top
-  # conv1 28*28*9*3*32 + conv2 14*14*9*32*32 + conv3 14*14*9*32*64
-  # + conv4 7*7*9*64*64 + fc1 7*7*64*128 + head 128*5 multiply-adds, x2.
-  macs = (677376 + 1806336 + 3612672 + 1806336 + 401408 + 640)
-  assert forward_flops((28, 28, 3)) == 2 * macs == 16609536
