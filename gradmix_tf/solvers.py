@@ -22,12 +22,10 @@ Solvers:
   `w = argmin_{w >= 0} |G w - v|^2`. An NNLS optimum is attained on a support
   `S` whose columns are independent, where `w_S` solves `A_SS w_S = b_S`;
   there the residual is `|v|^2 - b_S . w_S`, so the optimum is the feasible
-  (`w_S >= 0`) support with the largest `b_S . w_S`. For `k <= 8` every
-  support is enumerated at once, batched over layers; above that a projected
-  Gauss-Seidel loop (coordinate descent on the same quadratic) runs in-graph
-  until it stops moving or 1000 sweeps; it is accurate for well-conditioned
-  gradients but slow to converge on nearly collinear ones (an active-set
-  NNLS would be exact there). The solve is compiled with XLA. If no `b_i > 0` the projection is zero and the best
+  (`w_S >= 0`) support with the largest `b_S . w_S`. For `k <= 3` every
+  support is enumerated at once, batched over layers; above that the
+  Lawson-Hanson active-set loop runs in-graph, batched over layers. Both
+  are compiled with XLA. If no `b_i > 0` the projection is zero and the best
   cosine is a single source: for `b <= 0`,
   `|b.w| / |G w| >= sum w_i |b_i| / sum w_i |g_i| >= min_i |b_i| / |g_i|`
   (triangle inequality, then the mediant inequality), so the one-hot weight
@@ -55,19 +53,15 @@ import tensorflow as tf
 
 SOLVERS = ("exact", "slsqp", "meta_sgd")
 
-# Above this many sources the exact solver iterates instead of enumerating
-# the 2^k - 1 supports. Compiled, the iteration is faster from k = 4 on
-# (0.44 vs 2.03 ms at k = 8, 60 layers) but coordinate descent cannot
-# converge on nearly collinear gradients (condition ~1e6: cosine off by 1e-4
-# after 1000 sweeps), so enumeration, exact by construction, goes up to 8.
-MAX_ENUMERATED_SOURCES = 8
+# Above this many sources the exact solver runs the active-set loop instead
+# of enumerating the 2^k - 1 supports; both are exact, the loop is faster
+# from k = 4 on (bench/step_time.py, solver table).
+MAX_ENUMERATED_SOURCES = 3
 
 # A support whose normalised Gram block has a Cholesky pivot below this is
 # treated as linearly dependent (pivots of unit-diagonal blocks lie in [0, 1]).
 _SINGULAR_PIVOT = 1e-10
 _FEASIBLE_TOL = 1e-10
-_GAUSS_SEIDEL_MAX_SWEEPS = 1000
-_GAUSS_SEIDEL_TOL = 1e-13
 
 
 def gram_statistics(source_grads, validation_grads):
@@ -204,7 +198,7 @@ def _solve_exact(gram, cross):
   if k <= MAX_ENUMERATED_SOURCES:
     u = _nnls_by_enumeration(a_hat, b_hat, active, k)
   else:
-    u = _nnls_by_gauss_seidel(a_hat, b_hat, active, k)
+    u = _nnls_by_active_set(a_hat, b_hat, active, k)
   # No positive b_i: the projection is 0 and the best single source wins.
   best_single = tf.one_hot(
       tf.argmax(tf.where(active, b_hat, -np.inf), -1), k, dtype=tf.float64)
@@ -218,8 +212,8 @@ def _solve_exact(gram, cross):
   return tf.cast(_normalise(weights), tf.float32)
 
 
-# The enumeration is hundreds of tiny elementwise ops; XLA fuses them
-# (60 layers, k = 8: 12.1 ms as a graph, 3.6 ms compiled; docs/PERFORMANCE.md).
+# Both NNLS paths are many tiny elementwise ops; XLA fuses them (the
+# enumeration at 60 layers, k = 8: 12.1 ms as a graph, 3.6 ms compiled).
 _solve_exact_compiled = tf.function(_solve_exact, jit_compile=True)
 
 
@@ -287,36 +281,78 @@ def _cholesky_solve(a, b):
   return tf.stack(x, -1), singular
 
 
-def _nnls_by_gauss_seidel(a_hat, b_hat, active, k):
-  """Projected Gauss-Seidel on `min_{u>=0} u^T A u / 2 - b^T u`.
+def _nnls_by_active_set(a_hat, b_hat, active, k):
+  """Lawson-Hanson NNLS, batched over layers, in-graph.
 
-  With unit diagonal the coordinate minimiser is
-  `u_i <- max(0, u_i + b_i - (A u)_i)`; sweeps run until no coordinate moves
-  by more than a tolerance (or a sweep cap). Inactive sources stay at 0.
+  Minimises `u^T A u / 2 - b^T u` over `u >= 0` (the NNLS of the Gram form).
+  The passive set `P` starts empty; each outer iteration adds the source of
+  largest positive gradient `w = b - A u` outside `P`, then the inner loop
+  solves the least squares on `P` (a masked Cholesky solve) and, while that
+  solution has non-positive entries, moves from `u` towards it as far as
+  feasibility allows and drops the sources that reach zero. A layer is done
+  when no source outside `P` has `w_i > 0` (the KKT conditions hold). Each
+  layer stops on its own; the loops run until all are done (at most `3k`
+  outer and `k + 1` inner iterations).
   """
-  mask = tf.cast(active, tf.float64)
+  tol = _FEASIBLE_TOL
+  dtype = b_hat.dtype
 
-  def sweep(u):
-    for i in range(k):
-      residual = b_hat[:, i] - tf.reduce_sum(a_hat[:, i, :] * u, -1)
-      new_i = tf.maximum(u[:, i] + residual, 0.0) * mask[:, i]
-      u = tf.concat([u[:, :i], new_i[:, None], u[:, i + 1:]], -1)
-    return u
+  def solve_on(passive):
+    mask = tf.cast(passive, dtype)
+    a_p = (a_hat * mask[:, :, None] * mask[:, None, :]
+           + tf.linalg.diag(1.0 - mask))
+    z, singular = _cholesky_solve(a_p, b_hat * mask)
+    return z * mask, singular
 
-  def cond(step, u, change):
-    del u
-    return tf.logical_and(step < _GAUSS_SEIDEL_MAX_SWEEPS,
-                          change > _GAUSS_SEIDEL_TOL)
+  def outer_cond(step, u, passive, done):
+    del u, passive
+    return tf.logical_and(step < 3 * k,
+                          tf.logical_not(tf.reduce_all(done)))
 
-  def body(step, u, change):
-    del change
-    new_u = sweep(u)
-    return step + 1, new_u, tf.reduce_max(tf.abs(new_u - u))
+  def outer_body(step, u, passive, done):
+    w = b_hat - tf.einsum("lij,lj->li", a_hat, u)
+    candidates = tf.logical_not(passive) & active & (w > tol)
+    done = done | tf.logical_not(tf.reduce_any(candidates, -1))
+    pick = tf.one_hot(tf.argmax(tf.where(candidates, w, -np.inf), -1), k,
+                      on_value=True, off_value=False)
+    passive = passive | (pick & tf.logical_not(done)[:, None])
 
-  u0 = tf.zeros_like(b_hat)
-  _, u, _ = tf.while_loop(
-      cond, body, (tf.constant(0), u0, tf.constant(np.inf, tf.float64)))
-  return u
+    def inner_cond(inner_step, u, passive, settled):
+      del u, passive
+      return tf.logical_and(inner_step <= k,
+                            tf.logical_not(tf.reduce_all(settled | done)))
+
+    def inner_body(inner_step, u, passive, settled):
+      del settled
+      z, singular = solve_on(passive)
+      feasible = tf.reduce_all((z > tol) | tf.logical_not(passive), -1)
+      feasible = feasible & tf.logical_not(singular)
+      blocking = passive & (z <= tol)
+      ratio = tf.where(blocking, u / tf.maximum(u - z, 1e-300), np.inf)
+      alpha = tf.reduce_min(ratio, -1)
+      alpha = tf.where(tf.math.is_finite(alpha), alpha, 0.0)
+      stepped = u + alpha[:, None] * (z - u)
+      moving = tf.logical_not(feasible) & tf.logical_not(done) & (
+          tf.logical_not(singular))
+      u = tf.where((feasible & tf.logical_not(done))[:, None], z,
+                   tf.where(moving[:, None], stepped, u))
+      passive = tf.where(moving[:, None], passive & (u > tol), passive)
+      # A singular passive set (numerically dependent sources) ends the layer
+      # with the last feasible point.
+      settled = feasible | singular
+      return inner_step + 1, u, passive, settled
+
+    _, u, passive, _ = tf.while_loop(
+        inner_cond, inner_body,
+        (tf.constant(0), u, passive, tf.zeros_like(done)))
+    return step + 1, u, passive, done
+
+  no_layer_done = tf.zeros(tf.shape(b_hat)[:1], tf.bool)
+  _, u, _, _ = tf.while_loop(
+      outer_cond, outer_body,
+      (tf.constant(0), tf.zeros_like(b_hat), tf.zeros_like(active),
+       no_layer_done))
+  return tf.maximum(u, 0.0)
 
 
 def _negative_cosine(u, a, b):

@@ -110,7 +110,7 @@ def test_meta_sgd_is_normalised_positive_part_of_cross():
                              atol=1e-7)
 
 
-def test_many_sources_use_the_iterative_solver_and_agree_with_nnls():
+def test_many_sources_use_the_active_set_and_agree_with_nnls():
   rng = np.random.default_rng(5)
   k = solvers.MAX_ENUMERATED_SOURCES + 3
   grads = rng.normal(size=(k, 20))
@@ -189,9 +189,9 @@ def test_compiled_exact_solve_equals_the_plain_graph(k):
       solvers._solve_exact(gram, cross).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("k", [4, 8])
-def test_iterative_solver_on_nearly_collinear_sources(k):
-  """Coordinate descent is slowest when gradients are almost parallel."""
+@pytest.mark.parametrize("k", [3, 4, 8, 12])
+def test_nearly_collinear_sources(k):
+  """Gradients almost parallel: the Gram matrix is close to singular."""
   rng = np.random.default_rng(k)
   base = rng.normal(size=12)
   grads = base + 1e-3 * rng.normal(size=(k, 12))
@@ -202,3 +202,24 @@ def test_iterative_solver_on_nearly_collinear_sources(k):
   assert exact == pytest.approx(cosine_of_mix(grads, v, nnls), abs=1e-6)
   assert exact == pytest.approx(
       cosine_of_mix(grads, v, _solve(grads, v, "slsqp")), abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [4, 6, 8])
+def test_active_set_equals_enumeration(k):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(20 + k)
+  grads = rng.normal(size=(12, k, 10))
+  grads[0, 1] = grads[0, 2]             # duplicate sources in one layer
+  grads[1, 0] = 0.0                     # a zero source in another
+  v = np.einsum("lkn,lk->ln", grads, rng.uniform(-1, 1, (12, k)))
+  v += 0.3 * rng.normal(size=v.shape)
+  gram = tf.constant(np.einsum("lkn,ljn->lkj", grads, grads))
+  cross = tf.constant(np.einsum("lkn,ln->lk", grads, v))
+  a_hat, b_hat, scale, active = solvers._unit_diagonal_form(gram, cross)
+  by_enumeration = solvers._nnls_by_enumeration(a_hat, b_hat, active, k)
+  by_active_set = solvers._nnls_by_active_set(a_hat, b_hat, active, k)
+  for layer in range(12):
+    weights = [(u * scale[layer]).numpy() for u in (by_enumeration[layer],
+                                                    by_active_set[layer])]
+    cosines = [cosine_of_mix(grads[layer], v[layer], w) for w in weights]
+    assert cosines[1] == pytest.approx(cosines[0], abs=1e-9)
