@@ -104,7 +104,7 @@ def write_report(args, seeds, ks):
       minutes += sum(r["wall_seconds"] for r in runs) / 60.0 if (
           method != "source_only" or k == ks[0]) else 0.0
       best = [r["test_accuracy_at_best_hyperval"] for r in runs
-              if r.get("test_accuracy_at_best_hyperval") is not None]
+              if r.get("metrics_version", 1) >= 2]
       cells += [mean_se([r["test_accuracy"] for r in runs]),
                 mean_se(best) if len(best) == len(runs) else "–",
                 PAPER[method].get(k, "–")]

@@ -43,8 +43,16 @@ class MultiHeadClassifier(keras.Model):
     super().__init__(**kwargs)
     self.trunk = trunk
     self.num_classes_per_head = tuple(int(n) for n in num_classes_per_head)
-    self.heads = [keras.layers.Dense(n, name=f"head_{h}")
-                  for h, n in enumerate(self.num_classes_per_head)]
+    # One attribute per head: TensorFlow checkpoints follow attributes, not
+    # the entries of a Python list, and a model-only checkpoint (best-H
+    # weights, export) must hold every head.
+    for h, n in enumerate(self.num_classes_per_head):
+      setattr(self, f"head_{h}", keras.layers.Dense(n, name=f"head_{h}"))
+
+  @property
+  def heads(self):
+    return tuple(getattr(self, f"head_{h}")
+                 for h in range(len(self.num_classes_per_head)))
 
   def call(self, images, head=0, training=False):
     return self.heads[head](self.trunk(images, training=training))

@@ -354,6 +354,9 @@ class Trainer:
     test_loss, test_acc = self.evaluate(*self.data.test)
     best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
     metrics = {
+        # 2: best-H weights include the heads (version 1 checkpoints of the
+        # model alone lacked them, so its best-H accuracies are invalid).
+        "metrics_version": 2,
         "config": config.name,
         "method": config.method,
         "seed": int(config.seed),

@@ -126,6 +126,15 @@ def test_export_cli_from_a_workdir_and_its_errors(trained, tmp_path):
                       timeout=180, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert os.path.isfile(tmp_path / "tiny" / "3" / "saved_model.pb")
+  # Rebuilt from the workdir's checkpoint, it serves what the model predicts.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  trainer = trained[0]
+  images = trainer.data.test[0][:6]
+  served = tf.saved_model.load(str(tmp_path / "tiny" / "3")).signatures[
+      "serving_default"](images=tf.constant(images))
+  probabilities, _ = _model_outputs(trainer, images)
+  np.testing.assert_allclose(served["probabilities"].numpy(), probabilities,
+                             atol=1e-5)
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                          timeout=180, env=env)
   assert again.returncode == 2 and "error: " in again.stderr

@@ -42,3 +42,16 @@ def test_a_head_reaches_only_its_own_variables():
   assert not any(path.startswith("head_0") for path in reached)
   assert model(images, head=0).shape == (2, 5)
   assert model(images, head=1).shape == (2, 3)
+
+
+def test_a_model_only_checkpoint_restores_every_head(tmp_path):
+  model = _model()
+  path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  names = [name for name, _ in tf.train.list_variables(path)]
+  assert sum("head_0" in n for n in names) == 2    # kernel and bias
+  assert sum("head_1" in n for n in names) == 2
+  other = _model()
+  tf.train.Checkpoint(model=other).restore(path).assert_existing_objects_matched()
+  for a, b in zip(model.weights, other.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert len(model.trainable_variables) == 14   # no head counted twice
