@@ -105,8 +105,13 @@ def write_report(args, seeds, ks):
           method != "source_only" or k == ks[0]) else 0.0
       best = [r["test_accuracy_at_best_hyperval"] for r in runs
               if r.get("metrics_version", 1) >= 2]
-      cells += [mean_se([r["test_accuracy"] for r in runs]),
-                mean_se(best) if len(best) == len(runs) else "–",
+      if not best:
+        best_cell = "–"
+      elif len(best) < len(runs):
+        best_cell = f"{mean_se(best)} (n={len(best)})"
+      else:
+        best_cell = mean_se(best)
+      cells += [mean_se([r["test_accuracy"] for r in runs]), best_cell,
                 PAPER[method].get(k, "–")]
       counts.append(str(len(runs)))
     rows.append(f"| {LABELS[method]} | " + " | ".join(cells)
@@ -160,7 +165,10 @@ here (no SVHN): they are a reference point, not the same experiment.
 "final" is the accuracy of the weights after the last step; "best-H" that of
 the weights with the best hyper-validation accuracy (H, 1000 labelled target
 images fixed across seeds, evaluated every 100 steps; the paper uses H "to
-monitor training progress and tune hyper-parameters").
+monitor training progress and tune hyper-parameters"). Runs made before
+metrics version 2 restored the best-H trunk without its heads, so their
+best-H accuracy is not counted; "(n=...)" says over how many seeds the best-H
+cell is then taken.
 
 {table}
 
