@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from gradmix_tf import models
 from gradmix_tf.errors import UserError
+from gradmix_tf.files import write_json_atomically
 
 MODEL_FILE = "model.json"
 
@@ -146,10 +147,7 @@ def write_model_description(workdir, config, data):
       "head_classes": [list(c) for c in data.head_classes],
       "target_head": data.target_head,
   }
-  partial = os.path.join(workdir, MODEL_FILE + ".tmp")
-  with open(partial, "w") as f:
-    json.dump(description, f, indent=2)
-  os.replace(partial, os.path.join(workdir, MODEL_FILE))
+  write_json_atomically(os.path.join(workdir, MODEL_FILE), description)
 
 
 def export_trainer(trainer, export_dir, name, version=None, overwrite=False):

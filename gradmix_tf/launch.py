@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from gradmix_tf import config_lib
 from gradmix_tf.errors import ConfigError, UserError
+from gradmix_tf.files import write_json_atomically
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config name in configs/ or path to a config file.",
@@ -54,10 +55,7 @@ def prepare_workdir(workdir, config):
           f"{workdir} holds a run with a different config (fields "
           f"{', '.join(changed)}); use a new --workdir or delete it")
     return
-  partial = path + ".tmp"
-  with open(partial, "w") as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
-  os.replace(partial, path)
+  write_json_atomically(path, resolved, sort_keys=True)
 
 
 def train(config, workdir):

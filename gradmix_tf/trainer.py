@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf import models
+from gradmix_tf.files import write_json_atomically
 from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.optimizer import GradMix
 
@@ -100,6 +101,12 @@ def is_chief(strategy):
   has_chief = "chief" in resolver.cluster_spec().as_dict()
   return resolver.task_type == "worker" and resolver.task_id == 0 and (
       not has_chief)
+
+
+def _apply_present(optimizer, grads, variables):
+  """Applies the gradients that exist (another head's are None)."""
+  pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+  optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
 
 def make_sgd(config, learning_rate):
@@ -260,9 +267,8 @@ class Trainer:
         loss = self._validation_loss()
         # Every replica has all of V; their gradients are summed on apply.
         applied_loss = loss / float(self.replicas)
-      grads = tape.gradient(applied_loss, self.variables)
-      pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
-      optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+      _apply_present(optimizer, tape.gradient(applied_loss, self.variables),
+                     self.variables)
       return {"loss/validation": loss}
     return step
 
@@ -275,9 +281,8 @@ class Trainer:
           total = tf.add_n(losses + [val_loss / float(self.replicas)])
         else:
           total = tf.add_n(losses)
-      grads = tape.gradient(total, self.variables)
-      pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
-      optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+      _apply_present(optimizer, tape.gradient(total, self.variables),
+                     self.variables)
       out = self._loss_stats(losses)
       if with_validation:
         out["loss/validation"] = val_loss
@@ -383,8 +388,8 @@ class Trainer:
     }
     metrics["replicas"] = self.replicas
     if self.is_chief:
-      _write_json_atomically(os.path.join(self.workdir, "metrics.json"),
-                             metrics)
+      write_json_atomically(os.path.join(self.workdir, "metrics.json"),
+                            metrics)
     logging.info("%s: test accuracy %.4f, hyper-validation accuracy %.4f "
                  "(%d steps, %.0f s).", config.method, test_acc, hyper_acc,
                  self.total_steps, metrics["wall_seconds"])
@@ -496,7 +501,7 @@ class Trainer:
     return os.path.join(self.workdir, "hyperval_curve.json")
 
   def _save_curve(self, curve):
-    _write_json_atomically(self._curve_path(), curve)
+    write_json_atomically(self._curve_path(), curve)
 
   def _load_curve(self):
     """The curve up to the restored step (later points were not saved)."""
@@ -506,9 +511,3 @@ class Trainer:
       curve = json.load(f)
     return [point for point in curve if point[0] <= int(self.step.numpy())]
 
-
-def _write_json_atomically(path, payload):
-  partial = f"{path}.tmp{os.getpid()}"
-  with open(partial, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(partial, path)
