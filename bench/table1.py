@@ -47,13 +47,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_dir(runs_dir, method, k, seed):
+  """`<runs_dir>/<method>/k<k>_seed<seed>`; `method` may name a variant."""
   if method == "source_only":
     k = "any"
   return os.path.join(runs_dir, method, f"k{k}_seed{seed}")
 
 
-def run_one(runs_dir, method, k, seed, steps, extra):
-  workdir = run_dir(runs_dir, method, k, seed)
+def run_one(runs_dir, method, k, seed, steps, extra, variant=None):
+  """Runs one cell through the launcher unless its metrics exist.
+
+  `variant` names the run's folder when `extra` flags make it a variant of
+  `method` (default: the method's name).
+  """
+  workdir = run_dir(runs_dir, variant or method, k, seed)
   if os.path.isfile(os.path.join(workdir, "metrics.json")):
     return "done"
   command = [sys.executable, "-m", "gradmix_tf.launch",

@@ -58,6 +58,12 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
+  # GradMF (method gradmf; gradmix_tf/gradmf.py).
+  config.gradmf = ml_collections.ConfigDict(dict(
+      steps=1,                 # K progressive steps
+      angle_threshold=0.0,     # degrees; stop turning once this close
+      mode="global",           # global | layer
+      update_rule="projection"))  # projection | turned
   # Scale-out (gradmix_tf/distribute.py) and export.
   config.distribution = "default"  # default | mirrored | multi_worker
   config.logical_cpus = 0          # >= 2: mirrored over logical CPU devices

@@ -32,8 +32,10 @@ A step with any non-finite source or validation gradient is skipped and
 counted (`skipped_steps`, `consecutive_skips`); the trainer stops after
 `max_consecutive_skips`.
 
-Subclass and override `solve_weights(gram, cross)` or
-`learning_rate_scale(rho)` to try other rules.
+Subclass and override `solve_weights(gram, cross)`,
+`learning_rate_scale(rho)` or, for updates that are not a weighting of the
+source gradients alone, `mix_coefficients(gram, cross, v_sq)` (GradMF in
+`gradmix_tf/gradmf.py` does) to try other rules.
 """
 
 import contextlib
@@ -163,6 +165,24 @@ class GradMix(keras.optimizers.Optimizer):
     """Normalised weights `[layers, k]` from the Gram form (Eq. 6-7)."""
     return solvers.solve_mix_weights(gram, cross, solver=self.solver)
 
+  def mix_coefficients(self, gram, cross, v_sq):
+    """How each mixed layer's update is made from the gradients.
+
+    The update of mixed layer `l` is `sum_i W[l, i] g_i^l + u[l] v^l`.
+
+    Args:
+      gram: `[layers, k, k]` Gram matrices `<g_i, g_j>`.
+      cross: `[layers, k]` inner products `<g_i, v>`.
+      v_sq: `[layers]` squared norms `|v|^2`.
+
+    Returns:
+      `(W [layers, k], u [layers] or None, cosines [layers])`; `cosines`
+      enter `rho` (Eq. 8). GradMix: `W` from `solve_weights`, `u = None`
+      (V is never applied), cosines `cos(G W, v)`.
+    """
+    weights = self.solve_weights(gram, cross)
+    return weights, None, solvers.mixed_cosine(gram, cross, v_sq, weights)
+
   def learning_rate_scale(self, rho):
     """`eta = 1 / (1 + exp(-(beta * rho - gamma)))` (Eq. 9), or 1."""
     if not self.adaptive_lr:
@@ -231,9 +251,9 @@ class GradMix(keras.optimizers.Optimizer):
     layer_val_grads = [[stat_val[i] for i in indices] for _, indices in mixed]
     gram, cross, v_sq = solvers.gram_statistics(layer_source_grads,
                                                 layer_val_grads)
-    weights = self.solve_weights(gram, cross)
-    cosines = tf.cast(solvers.mixed_cosine(gram, cross, v_sq, weights),
-                      tf.float32)
+    weights, validation_weight, cosines = self.mix_coefficients(
+        gram, cross, v_sq)
+    cosines = tf.cast(cosines, tf.float32)
     rho = tf.reduce_sum(cosines)
     if self.rho_reduction == "mean":
       rho = rho / float(max(len(mixed), 1))
@@ -248,6 +268,13 @@ class GradMix(keras.optimizers.Optimizer):
     # The replica's own gradients are mixed; the inner optimizer's all-reduce
     # then sums them into exactly the mixed global gradient (no double sum).
     mixed_grads = _mix(weights, source_grads, mixed, heads)
+    if validation_weight is not None:
+      # Every replica holds the gradient of all of V, and the inner
+      # optimizer sums over replicas: each adds its 1/R share.
+      replicas = tf.distribute.get_strategy().num_replicas_in_sync
+      mixed_grads = _add_validation_term(
+          mixed_grads, validation_weight / float(replicas), validation_grads,
+          mixed)
     pairs = [(g, v) for g, v in zip(mixed_grads, trainable_variables)
              if g is not None]
     applied = self._apply_unless_non_finite(
@@ -385,6 +412,17 @@ def _mix(weights, source_grads, mixed, heads):
     present = [grads[i] for grads in source_grads if grads[i] is not None]
     mixed_grads[i] = tf.add_n(present) if present else None
   return mixed_grads
+
+
+def _add_validation_term(mixed_grads, validation_weight, validation_grads,
+                         mixed):
+  """Adds `u[l] v^l` to the update of every mixed layer `l`."""
+  out = list(mixed_grads)
+  for layer_index, (_, indices) in enumerate(mixed):
+    for i in indices:
+      out[i] = out[i] + tf.cast(validation_weight[layer_index],
+                                out[i].dtype) * validation_grads[i]
+  return out
 
 
 def _all_reduce_for_statistics(source_grads, validation_grads):

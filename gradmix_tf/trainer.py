@@ -16,6 +16,8 @@ method                 phases
 ``gradmix_no_adalr``   GradMix with `eta = 1`
 ``gradmix_sgd``        GradMix with the meta-SGD weights (Ren et al. 2018);
                        Eq. 7-10 as in GradMix
+``gradmf``             GradMF (`gradmix_tf/gradmf.py`): the summed source
+                       gradient turned toward V's, projected on it
 =====================  =====================================================
 
 Every source loss is the mean cross-entropy of its own mini-batch on its own
@@ -48,10 +50,11 @@ import tensorflow as tf
 from gradmix_tf import models
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.errors import ConfigError, TrainingError
+from gradmix_tf.gradmf import GradMF
 from gradmix_tf.optimizer import GradMix
 
 METHODS = ("target_only", "source_only", "fine_tune", "joint", "gradmix",
-           "gradmix_no_adalr", "gradmix_sgd")
+           "gradmix_no_adalr", "gradmix_sgd", "gradmf")
 GRADMIX_VARIANTS = {
     "gradmix": dict(solver=None, adaptive_lr=True),
     "gradmix_no_adalr": dict(solver=None, adaptive_lr=False),
@@ -115,6 +118,18 @@ def make_sgd(config, learning_rate):
 
 
 def make_gradmix(config, method):
+  """The GradMix-family optimizer of `method` (GradMF included)."""
+  if method == "gradmf":
+    try:
+      return GradMF(
+          make_sgd(config, config.lr),
+          steps=config.gradmf.steps,
+          angle_threshold=config.gradmf.angle_threshold,
+          mode=config.gradmf.mode,
+          update=config.gradmf.update_rule,
+          max_consecutive_skips=config.max_consecutive_skips)
+    except ValueError as err:
+      raise ConfigError(f"config.gradmf: {err}") from None
   variant = GRADMIX_VARIANTS[method]
   return GradMix(
       make_sgd(config, config.lr),
