@@ -17,9 +17,13 @@ from report import replace_block  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     # name: (label, launcher flags)
-    "gradmf": ("GradMF (projection, K=1, global)", []),
-    "gradmf_k3": ("GradMF (projection, K=3, global)",
-                  ["--config.gradmf.steps=3"]),
+    # At the Table 1 rate (0.05) the projection diverges (NaN from step
+    # 116, seed 0, k=2): its step along V's gradient keeps the length of the
+    # source gradient while |V's gradient| shrinks as V is fitted.
+    "gradmf": ("GradMF (projection, K=1, global, lr 0.005)",
+               ["--config.lr=0.005"]),
+    "gradmf_k3": ("GradMF (projection, K=3, global, lr 0.005)",
+                  ["--config.lr=0.005", "--config.gradmf.steps=3"]),
     "gradmf_turned": ("GradMF (turned G_s applied, K=1, global)",
                       ["--config.gradmf.update_rule=turned"]),
 }
