@@ -100,6 +100,12 @@ def resolve(config):
     config.max_unlabelled = 300
     config.max_test = 300
     config.target.hyperval_size = min(config.target.hyperval_size, 100)
+    if "holistic" in config:
+      holistic = config.holistic
+      holistic.pretrain_steps = min(holistic.pretrain_steps, 30)
+      holistic.per_class = min(holistic.per_class, 10)
+      holistic.heldout_per_class = min(holistic.heldout_per_class, 10)
+      holistic.local_steps = min(holistic.local_steps, 2)
   for field in ("steps", "batch_size", "log_every", "eval_every",
                 "checkpoint_every"):
     if int(config[field]) < 1:

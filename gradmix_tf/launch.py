@@ -1,7 +1,7 @@
 r"""Launcher: `python -m gradmix_tf.launch --config=<name> [--workdir=<dir>]`.
 
-`<name>` is a file in `configs/` (`digits_mnistm`, `digits`) or a path to a
-config file. Any field can be overridden, e.g.
+`<name>` is a file in `configs/` (`digits_mnistm`, `digits`,
+`holistic_digits`) or a path to a config file. Any field can be overridden, e.g.
 
     python -m gradmix_tf.launch --config=digits_mnistm \
         --config.method=fine_tune --config.k=5 --config.seed=3 \
@@ -71,8 +71,14 @@ def train(config, workdir):
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)
-  data = build_experiment(config, seed=int(config.seed), k=int(config.k))
-  trainer = Trainer(config, data, workdir, strategy=strategy)
+  if "holistic" in config:
+    from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
+    from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
+    data = build_partial_experiment(config, seed=int(config.seed))
+    trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
+  else:
+    data = build_experiment(config, seed=int(config.seed), k=int(config.k))
+    trainer = Trainer(config, data, workdir, strategy=strategy)
   metrics = trainer.run()
   if config.export_dir and trainer.is_chief:
     from gradmix_tf import export  # pylint: disable=g-import-not-at-top

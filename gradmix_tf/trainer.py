@@ -154,11 +154,13 @@ class Trainer:
       its loss on all of V).
   """
 
+  methods = METHODS
+
   def __init__(self, config, data, workdir, strategy=None):
-    if config.method not in METHODS:
+    if config.method not in self.methods:
       raise ConfigError(
           f"unknown method {config.method!r}: choose one of "
-          f"{', '.join(METHODS)}")
+          f"{', '.join(self.methods)}")
     self.config = config
     self.data = data
     self.workdir = workdir
@@ -187,12 +189,17 @@ class Trainer:
     self.phases = self._make_phases()
     self.total_steps = sum(p["steps"] for p in self.phases)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    # How many phases have had their `on_end` hook applied (resume-safe).
+    self.phases_finished = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                       name="phases_finished")
     trackables = {f"optimizer_{i}": p["optimizer"]
                   for i, p in enumerate(self.phases)}
+    trackables.update(self._extra_trackables())
     for phase in self.phases:
       phase["optimizer"].build(self.variables)
-    self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step,
-                                          **trackables)
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, step=self.step,
+        phases_finished=self.phases_finished, **trackables)
     # Every worker saves (saving is collective); only the chief's copy is the
     # run's, the others keep theirs to resume from.
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -229,17 +236,31 @@ class Trainer:
       return [self._phase("joint", steps, make_sgd(config, config.lr))]
     return [self._phase("gradmix", steps, make_gradmix(config, method))]
 
-  def _phase(self, kind, steps, optimizer):
+  def _extra_trackables(self):
+    """More objects for the checkpoint (subclasses)."""
+    return {}
+
+  def _phase(self, kind, steps, optimizer, replica_step=None, **options):
+    """A phase: `steps` steps of `replica_step` (default: by `kind`).
+
+    `options` may hold `index_sizes` (the sizes of the sets whose batch
+    indices each step receives; default the sources'), `on_end` (called
+    once when the phase is complete, before the next starts; its effect is
+    checkpointed) and `source_names` (what GradMix's sources are called in
+    summaries; default the data's sources).
+    """
     makers = {"target": self._target_step, "plain": self._plain_step,
               "joint": self._joint_step, "gradmix": self._gradmix_step}
-    replica_step = makers[kind](optimizer)
+    if replica_step is None:
+      replica_step = makers[kind](optimizer)
     if self.replicas == 1 and not isinstance(
         self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
       fn = replica_step
     else:
       fn = self._distributed(replica_step)
     return {"kind": kind, "steps": steps, "optimizer": optimizer,
-            "fn": tf.function(fn, jit_compile=bool(self.config.jit_compile))}
+            "fn": tf.function(fn, jit_compile=bool(self.config.jit_compile)),
+            **options}
 
   def _distributed(self, replica_step):
     """Runs `replica_step` on every replica; reduces what it returns.
@@ -362,14 +383,18 @@ class Trainer:
     started = time.time()
     step_seconds = []
     phase_start = 0
-    for phase in self.phases:
+    for index, phase in enumerate(self.phases):
       phase_end = phase_start + phase["steps"]
       first = max(start, phase_start)
       if first < phase_end:
         self._run_phase(phase, first, phase_start, phase_end, writer, curve,
                         step_seconds)
+      if int(self.phases_finished.numpy()) <= index:
+        if phase.get("on_end") is not None:
+          phase["on_end"]()
+        self.phases_finished.assign(index + 1)
+        self.manager.save(checkpoint_number=phase_end)
       phase_start = phase_end
-    self.manager.save(checkpoint_number=self.total_steps)
     hyper_loss, hyper_acc = self.evaluate(*self.data.h)
     test_loss, test_acc = self.evaluate(*self.data.test)
     best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
@@ -402,6 +427,7 @@ class Trainer:
             "test": int(len(self.data.test[1]))},
     }
     metrics["replicas"] = self.replicas
+    metrics.update(self._extra_metrics())
     if self.is_chief:
       write_json_atomically(os.path.join(self.workdir, "metrics.json"),
                             metrics)
@@ -410,10 +436,14 @@ class Trainer:
                  self.total_steps, metrics["wall_seconds"])
     return metrics
 
+  def _extra_metrics(self):
+    """More entries for metrics.json (subclasses)."""
+    return {}
+
   def _run_phase(self, phase, first, phase_start, phase_end, writer, curve,
                  step_seconds):
     config = self.config
-    sizes = [len(s.y) for s in self.data.sources]
+    sizes = phase.get("index_sizes") or [len(s.y) for s in self.data.sources]
     index_streams = [
         batch_indices(n, int(config.batch_size), [int(config.seed), i],
                       first - phase_start, phase_end - phase_start)
@@ -474,7 +504,7 @@ class Trainer:
       optimizer = phase["optimizer"]
       if not bool(stats["applied"]):
         source = int(stats["nonfinite_source"])
-        names = [s.name for s in self.data.sources] + ["validation (V)"]
+        names = self._source_names(phase) + ["validation (V)"]
         consecutive = int(optimizer.consecutive_skips.numpy())
         logging.warning("Step %d skipped: non-finite gradient from %s.",
                         step, names[source])
@@ -499,14 +529,19 @@ class Trainer:
         names = phase["optimizer"].mixed_layer_names
         weights = stats["weights"].numpy()
         cosines = stats["cosines"].numpy()
+        sources = self._source_names(phase)
         for layer_index, layer in enumerate(names):
           tf.summary.scalar(f"cosine/{layer}", cosines[layer_index])
-          for s, source in enumerate(self.data.sources):
-            tf.summary.scalar(f"weights/{layer}/{source.name}",
+          for s, source in enumerate(sources):
+            tf.summary.scalar(f"weights/{layer}/{source}",
                               weights[layer_index, s])
-        for s, source in enumerate(self.data.sources):
-          tf.summary.scalar(f"grad_norm/{source.name}",
+        for s, source in enumerate(sources):
+          tf.summary.scalar(f"grad_norm/{source}",
                             float(stats["source_grad_norms"][s]))
+
+  def _source_names(self, phase):
+    return list(phase.get("source_names")
+                or [s.name for s in self.data.sources])
 
   def _skipped_steps(self):
     return sum(int(p["optimizer"].skipped_steps.numpy())

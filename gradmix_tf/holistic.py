@@ -1,0 +1,383 @@
+"""Holistic transfer: adapt a source model with target labels of some classes.
+
+A model pre-trained on the source (all classes) is adapted to the target
+domain with labelled target images of the *seen* classes only and must stay
+good on every class (the abstract in `../shared/papers/`). Each run is
+
+1. *pre-training* on the source (`holistic.pretrain_steps` steps of SGD at
+   `lr`); its weights are kept as the *source model* (the teacher), then
+2. *adaptation* on `V` for `steps` steps by one of the methods below, at
+   `finetune_lr` (SGD, momentum `momentum`) unless stated.
+
+=====================  =====================================================
+method                 adaptation
+=====================  =====================================================
+``source_only``        none: the source model itself
+``fine_tune``          cross-entropy over all classes on `V` (the baseline)
+``frozen_classifier``  the same, the classifier (head) frozen
+``lolsgd``             Leave-Out Local SGD: each round, `local_models`
+                       copies start from the current weights; copy `m`
+                       leaves out `leave_out` random seen classes and takes
+                       `local_steps` plain-SGD steps at `local_lr`; the new
+                       weights are the average of the copies
+``distill``            cross-entropy + `distill_weight * T^2 *
+                       KL(softmax(z_src / T) || softmax(z / T))` on the same
+                       images (z_src: the source model's logits)
+``gradmix_distill``    GradMix of two gradients, cross-entropy and the
+                       distillation term, toward the *domain* gradient: the
+                       cross-entropy restricted to the seen classes' logits
+                       (it adapts to the domain without pushing the unseen
+                       logits down); all layers mixed, adaptive rate
+``calibrated``         fine_tune, then a constant `delta` added to the
+                       unseen classes' logits, chosen on `H` (below)
+=====================  =====================================================
+
+Post-hoc calibration. Before the main fine-tuning, an auxiliary copy of the
+source model is fine-tuned (same recipe) on `V` without `pseudo_unseen`
+randomly chosen seen classes. On `H` (held-out seen-class images) `delta`
+is added to the logits of every class that copy did not see, and the
+`delta` on the grid `0, delta_step, ..., delta_max` maximising the mean of
+its accuracies on the pseudo-seen and the pseudo-unseen images (argmax over
+all classes; the smallest on ties) is kept; the model is then reset to the
+source model, fine-tuned, and evaluated with `delta` on its unseen logits.
+
+Metrics (`metrics.json` -> `holistic`): accuracy on the target test set
+overall, on seen-class and on unseen-class images (argmax over all
+classes), and each restricted to its own subset (argmax over the seen
+logits for seen images, over the unseen logits for unseen ones).
+
+Choices of ours where the abstract is silent: LOLSGD's local steps are
+plain SGD at `local_lr` = 0.05 (the effective step of SGD at 0.005 with
+momentum 0.9), and one round counts as one of the `steps`; distillation
+uses the labelled `V` images (no unlabelled target data of unseen classes
+exists in this problem).
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from gradmix_tf import models
+from gradmix_tf.errors import ConfigError
+from gradmix_tf.files import write_json_atomically
+from gradmix_tf.optimizer import GradMix
+from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
+from gradmix_tf.trainer import make_sgd
+
+METHODS = ("source_only", "fine_tune", "frozen_classifier", "lolsgd",
+           "distill", "gradmix_distill", "calibrated")
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+  """`T^2 * mean_batch KL(softmax(z_t / T) || softmax(z_s / T))`."""
+  t = float(temperature)
+  teacher = tf.nn.log_softmax(teacher_logits / t)
+  student = tf.nn.log_softmax(student_logits / t)
+  kl = tf.reduce_sum(tf.exp(teacher) * (teacher - student), -1)
+  return t * t * tf.reduce_mean(kl)
+
+
+def choose_unseen_shift(logits, labels, pseudo_seen, grid):
+  """The calibration constant (module docstring) and its score per value.
+
+  Args:
+    logits: `[n, C]` logits of held-out images of seen classes from a model
+      that saw only `pseudo_seen` of them.
+    labels: `[n]` their labels.
+    pseudo_seen: the class indices that model saw; the others are shifted.
+    grid: candidate constants, ascending.
+
+  Returns:
+    `(delta, scores)`: the best constant (the smallest on ties) and the
+    list of `[delta, pseudo_seen_acc, pseudo_unseen_acc, mean]`.
+  """
+  logits = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  shifted = ~np.isin(np.arange(logits.shape[1]), pseudo_seen)
+  is_seen = np.isin(labels, pseudo_seen)
+  if is_seen.all() or not is_seen.any():
+    raise ValueError("held-out images must include pseudo-seen and "
+                     "pseudo-unseen classes")
+  scores = []
+  for delta in grid:
+    correct = (logits + delta * shifted).argmax(-1) == labels
+    seen_acc = float(correct[is_seen].mean())
+    unseen_acc = float(correct[~is_seen].mean())
+    scores.append([float(delta), seen_acc, unseen_acc,
+                   0.5 * (seen_acc + unseen_acc)])
+  best = max(range(len(scores)), key=lambda i: (scores[i][3], -i))
+  return scores[best][0], scores
+
+
+def holistic_accuracies(logits, labels, seen):
+  """Overall / seen / unseen accuracy, and seen / unseen restricted."""
+  logits = np.asarray(logits)
+  labels = np.asarray(labels)
+  seen = np.asarray(seen)
+  unseen = np.setdiff1d(np.arange(logits.shape[1]), seen)
+  correct = logits.argmax(-1) == labels
+  is_seen = np.isin(labels, seen)
+  within_seen = seen[logits[:, seen].argmax(-1)] == labels
+  within_unseen = unseen[logits[:, unseen].argmax(-1)] == labels
+
+  def mean(values):
+    return float(values.mean()) if values.size else None
+
+  return {
+      "overall": mean(correct),
+      "seen": mean(correct[is_seen]),
+      "unseen": mean(correct[~is_seen]),
+      "seen_restricted": mean(within_seen[is_seen]),
+      "unseen_restricted": mean(within_unseen[~is_seen]),
+  }
+
+
+class HolisticTrainer(Trainer):
+  """The `Trainer` loop with pre-training and a partial-label adaptation.
+
+  `data` comes from `gradmix_tf.data.partial.build_partial_experiment`
+  (one source, one head over all classes, `V` and `H` of seen classes).
+  """
+
+  methods = METHODS
+
+  def __init__(self, config, data, workdir, strategy=None):
+    classes = data.head_classes[0]
+    self.seen = np.array(sorted(classes.index(c)
+                                for c in config.holistic.seen_classes))
+    self.num_classes = len(classes)
+    self.unseen = np.setdiff1d(np.arange(self.num_classes), self.seen)
+    rng = np.random.default_rng([int(config.seed), 19])
+    count = int(config.holistic.pseudo_unseen)
+    if not 0 < count < len(self.seen):
+      raise ConfigError(
+          f"holistic.pseudo_unseen must be between 1 and {len(self.seen) - 1}"
+          f" (the seen classes minus one), got {count}")
+    self.pseudo_unseen = np.sort(rng.choice(self.seen, count, replace=False))
+    self.pseudo_seen = np.setdiff1d(self.seen, self.pseudo_unseen)
+    leave_out = int(config.holistic.leave_out)
+    if not 0 <= leave_out < len(self.seen):
+      raise ConfigError(
+          f"holistic.leave_out must be between 0 and {len(self.seen) - 1}, "
+          f"got {leave_out}")
+    super().__init__(config, data, workdir, strategy)
+    if self.replicas != 1:
+      raise ConfigError("holistic transfer runs on one device; use "
+                        "--config.distribution=default")
+    unseen_mask = tf.constant(
+        np.isin(np.arange(self.num_classes), self.unseen), tf.float32)
+    self._predict = tf.function(lambda x: tf.nn.softmax(
+        self.model(x) + self.unseen_shift * unseen_mask))
+
+  # -- Phases -----------------------------------------------------------------
+
+  def _make_phases(self):
+    config, method = self.config, self.config.method
+    holistic = config.holistic
+    self.teacher = models.build_model(config.model, tuple(config.input_shape),
+                                      (self.num_classes,))
+    self.unseen_shift = tf.Variable(0.0, trainable=False,
+                                    name="unseen_logit_shift")
+    phases = [self._phase("plain", int(holistic.pretrain_steps),
+                          make_sgd(config, config.lr),
+                          on_end=self._keep_source_model)]
+    if method == "source_only":
+      return phases
+    steps = int(config.steps)
+    v_size = [len(self.data.v[1])]
+    trunk = self.model.trunk.trainable_variables
+    if method == "calibrated":
+      subset = np.flatnonzero(np.isin(self.data.v[1], self.pseudo_seen))
+      optimizer = make_sgd(config, config.finetune_lr)
+      phases.append(self._phase(
+          "adapt", steps, optimizer,
+          self._cross_entropy_step(optimizer, self.variables,
+                                   tf.constant(subset, tf.int32)),
+          index_sizes=[len(subset)], on_end=self._calibrate))
+    if method in ("fine_tune", "calibrated", "frozen_classifier"):
+      variables = trunk if method == "frozen_classifier" else self.variables
+      optimizer = make_sgd(config, config.finetune_lr)
+      phases.append(self._phase(
+          "adapt", steps, optimizer,
+          self._cross_entropy_step(optimizer, variables),
+          index_sizes=v_size))
+    elif method == "distill":
+      optimizer = make_sgd(config, config.finetune_lr)
+      phases.append(self._phase("adapt", steps, optimizer,
+                                self._distill_step(optimizer),
+                                index_sizes=v_size))
+    elif method == "gradmix_distill":
+      optimizer = GradMix(make_sgd(config, config.finetune_lr),
+                          beta=config.beta, gamma=config.gamma,
+                          solver=config.solver,
+                          rho_reduction=config.rho_reduction,
+                          max_consecutive_skips=config.max_consecutive_skips)
+      phases.append(self._phase(
+          "gradmix", steps, optimizer, self._gradmix_distill_step(optimizer),
+          index_sizes=v_size,
+          source_names=["cross_entropy", "distillation"]))
+    elif method == "lolsgd":
+      # The local steps update the variables directly; the optimizer only
+      # gives the phase its (unused) state.
+      phases.append(self._phase("adapt", steps,
+                                make_sgd(config, holistic.local_lr),
+                                self._lolsgd_step(), index_sizes=[1]))
+    return phases
+
+  def _extra_trackables(self):
+    return {"teacher": self.teacher, "unseen_shift": self.unseen_shift}
+
+  def _keep_source_model(self):
+    for target, source in zip(self.teacher.weights, self.model.weights):
+      target.assign(source)
+
+  def _calibrate(self):
+    """Chooses the unseen-logit shift and resets to the source model."""
+    holistic = self.config.holistic
+    logits = np.concatenate([
+        self.model(tf.constant(self.data.h[0][i:i + 500])).numpy()
+        for i in range(0, len(self.data.h[1]), 500)])
+    grid = np.arange(0.0, float(holistic.delta_max) + 1e-9,
+                     float(holistic.delta_step))
+    delta, scores = choose_unseen_shift(logits, self.data.h[1],
+                                        self.pseudo_seen, grid)
+    self.unseen_shift.assign(delta)
+    if self.is_chief:
+      write_json_atomically(os.path.join(self.workdir, "calibration.json"), {
+          "pseudo_unseen": self.pseudo_unseen.tolist(),
+          "delta": delta,
+          "scores": scores,
+      })
+    for target, source in zip(self.model.weights, self.teacher.weights):
+      target.assign(source)
+
+  # -- Steps ------------------------------------------------------------------
+
+  def _target_batch(self, indices, subset=None):
+    index = indices[0]
+    if subset is not None:
+      index = tf.gather(subset, index)
+    return tf.gather(self.v_images, index), tf.gather(self.v_labels, index)
+
+  def _cross_entropy_step(self, optimizer, variables, subset=None):
+    def step(indices):
+      images, labels = self._target_batch(indices, subset)
+      with tf.GradientTape() as tape:
+        loss = cross_entropy(labels, self.model(images, training=True))
+      _apply_present(optimizer, tape.gradient(loss, variables), variables)
+      return {"loss/target": loss}
+    return step
+
+  def _distill_step(self, optimizer):
+    holistic = self.config.holistic
+
+    def step(indices):
+      images, labels = self._target_batch(indices)
+      teacher_logits = self.teacher(images)
+      with tf.GradientTape() as tape:
+        logits = self.model(images, training=True)
+        ce = cross_entropy(labels, logits)
+        kd = distillation_loss(logits, teacher_logits, holistic.temperature)
+        loss = ce + float(holistic.distill_weight) * kd
+      _apply_present(optimizer, tape.gradient(loss, self.variables),
+                     self.variables)
+      return {"loss/target": ce, "loss/distillation": kd}
+    return step
+
+  def _gradmix_distill_step(self, optimizer):
+    holistic = self.config.holistic
+    seen = tf.constant(self.seen, tf.int32)
+    position = np.full(self.num_classes, -1, np.int64)
+    position[self.seen] = np.arange(len(self.seen))
+    position = tf.constant(position)
+
+    def step(indices):
+      images, labels = self._target_batch(indices)
+      teacher_logits = self.teacher(images)
+      with tf.GradientTape(persistent=True) as tape:
+        logits = self.model(images, training=True)
+        ce = cross_entropy(labels, logits)
+        kd = float(holistic.distill_weight) * distillation_loss(
+            logits, teacher_logits, holistic.temperature)
+        domain = cross_entropy(tf.gather(position, labels),
+                               tf.gather(logits, seen, axis=1))
+      grads = [tape.gradient(loss, self.variables) for loss in (ce, kd)]
+      domain_grads = tape.gradient(domain, self.variables)
+      del tape
+      stats = optimizer.apply_gradmix(grads, domain_grads, self.variables)
+      out = {"loss/target": ce, "loss/distillation": kd,
+             "loss/domain": domain}
+      out.update(stats)
+      return out
+    return step
+
+  def _lolsgd_step(self):
+    holistic = self.config.holistic
+    variables = self.variables
+    copies = int(holistic.local_models)
+    local_steps = int(holistic.local_steps)
+    leave_out = int(holistic.leave_out)
+    local_lr = float(holistic.local_lr)
+    batch = int(self.config.batch_size)
+    v_count = len(self.data.v[1])
+    seen = tf.constant(self.seen, tf.int32)
+    base_seed = int(self.config.seed)
+
+    def step(indices):
+      del indices
+      start = [tf.identity(v) for v in variables]
+      total = [tf.zeros_like(v) for v in variables]
+      loss = tf.constant(0.0)
+      for copy in range(copies):
+        for variable, value in zip(variables, start):
+          variable.assign(value)
+        seed = tf.stack([tf.constant(base_seed * 1000 + copy, tf.int64),
+                         self.step])
+        order = tf.argsort(tf.random.stateless_uniform(
+            [len(self.seen)], seed=seed))
+        left_out = tf.gather(seen, order[:leave_out])
+        keep = 1.0 - tf.reduce_sum(
+            tf.one_hot(left_out, self.num_classes), 0)
+        for local in tf.range(local_steps):
+          index = tf.random.stateless_uniform(
+              [batch], seed=seed + tf.stack([0, 1 + tf.cast(local, tf.int64)])
+              * 1000003, maxval=v_count, dtype=tf.int32)
+          images = tf.gather(self.v_images, index)
+          labels = tf.gather(self.v_labels, index)
+          weight = tf.gather(keep, labels)
+          with tf.GradientTape() as tape:
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=self.model(images, training=True))
+            loss = tf.reduce_sum(weight * per_example) / tf.maximum(
+                tf.reduce_sum(weight), 1.0)
+          for variable, grad in zip(variables,
+                                    tape.gradient(loss, variables)):
+            variable.assign_sub(local_lr * grad)
+        total = [t + v - s for t, v, s in zip(total, variables, start)]
+      for variable, value, delta in zip(variables, start, total):
+        variable.assign(value + delta / float(copies))
+      return {"loss/target": loss}
+    return step
+
+  # -- Metrics ----------------------------------------------------------------
+
+  def _extra_metrics(self):
+    images, labels = self.data.test
+    logits = np.concatenate([
+        (self.model(tf.constant(images[i:i + 500]))
+         + self.unseen_shift * tf.constant(
+             np.isin(np.arange(self.num_classes), self.unseen),
+             tf.float32)).numpy()
+        for i in range(0, len(labels), 500)])
+    extra = {
+        "holistic": holistic_accuracies(logits, labels, self.seen),
+        "seen_classes": self.seen.tolist(),
+        "unseen_logit_shift": float(self.unseen_shift.numpy()),
+    }
+    path = os.path.join(self.workdir, "calibration.json")
+    if self.config.method == "calibrated" and os.path.isfile(path):
+      with open(path) as f:
+        extra["calibration"] = json.load(f)
+    return extra
