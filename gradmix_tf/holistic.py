@@ -79,6 +79,53 @@ def distillation_loss(student_logits, teacher_logits, temperature):
   return t * t * tf.reduce_mean(kl)
 
 
+def seen_restricted_cross_entropy(labels, logits, seen):
+  """Mean cross-entropy of the softmax over the `seen` logits only.
+
+  `labels` are class indices, all in `seen`; the unseen logits get no
+  gradient, so the loss adapts features to the domain without pushing the
+  unseen classes down.
+  """
+  seen = np.asarray(seen)
+  position = np.full(int(logits.shape[-1]), -1, np.int64)
+  position[seen] = np.arange(len(seen))
+  return cross_entropy(tf.gather(tf.constant(position), labels),
+                       tf.gather(logits, tf.constant(seen, tf.int32), axis=1))
+
+
+def left_out_classes(seen, leave_out, seed):
+  """`leave_out` of the `seen` classes, drawn by a stateless `seed` [2]."""
+  order = tf.argsort(tf.random.stateless_uniform([len(seen)], seed=seed))
+  return tf.gather(tf.constant(np.asarray(seen), tf.int32),
+                   order[:leave_out])
+
+
+def local_sgd_round(variables, local_loss, copies, local_steps, lr):
+  """One round of local SGD: `copies` copies from the current values, each
+  `local_steps` steps of `x <- x - lr * grad local_loss(copy, step)`, then
+  the variables are set to the average of the copies. Returns the last
+  local loss.
+
+  (For `local_loss(m, s) = |x - a_m|^2 / 2` the result is
+  `mean(a) + (1 - lr)^local_steps (x_0 - mean(a))`.)
+  """
+  start = [tf.identity(v) for v in variables]
+  total = [tf.zeros_like(v) for v in variables]
+  loss = tf.constant(0.0)
+  for copy in range(copies):
+    for variable, value in zip(variables, start):
+      variable.assign(value)
+    for local in tf.range(local_steps):
+      with tf.GradientTape() as tape:
+        loss = local_loss(copy, local)
+      for variable, grad in zip(variables, tape.gradient(loss, variables)):
+        variable.assign_sub(lr * grad)
+    total = [t + v - s for t, v, s in zip(total, variables, start)]
+  for variable, value, delta in zip(variables, start, total):
+    variable.assign(value + delta / float(copies))
+  return loss
+
+
 def choose_unseen_shift(logits, labels, pseudo_seen, grid):
   """The calibration constant (module docstring) and its score per value.
 
@@ -288,11 +335,6 @@ class HolisticTrainer(Trainer):
 
   def _gradmix_distill_step(self, optimizer):
     holistic = self.config.holistic
-    seen = tf.constant(self.seen, tf.int32)
-    position = np.full(self.num_classes, -1, np.int64)
-    position[self.seen] = np.arange(len(self.seen))
-    position = tf.constant(position)
-
     def step(indices):
       images, labels = self._target_batch(indices)
       teacher_logits = self.teacher(images)
@@ -301,8 +343,7 @@ class HolisticTrainer(Trainer):
         ce = cross_entropy(labels, logits)
         kd = float(holistic.distill_weight) * distillation_loss(
             logits, teacher_logits, holistic.temperature)
-        domain = cross_entropy(tf.gather(position, labels),
-                               tf.gather(logits, seen, axis=1))
+        domain = seen_restricted_cross_entropy(labels, logits, self.seen)
       grads = [tape.gradient(loss, self.variables) for loss in (ce, kd)]
       domain_grads = tape.gradient(domain, self.variables)
       del tape
@@ -315,49 +356,40 @@ class HolisticTrainer(Trainer):
 
   def _lolsgd_step(self):
     holistic = self.config.holistic
-    variables = self.variables
-    copies = int(holistic.local_models)
-    local_steps = int(holistic.local_steps)
     leave_out = int(holistic.leave_out)
-    local_lr = float(holistic.local_lr)
     batch = int(self.config.batch_size)
     v_count = len(self.data.v[1])
-    seen = tf.constant(self.seen, tf.int32)
     base_seed = int(self.config.seed)
 
     def step(indices):
       del indices
-      start = [tf.identity(v) for v in variables]
-      total = [tf.zeros_like(v) for v in variables]
-      loss = tf.constant(0.0)
-      for copy in range(copies):
-        for variable, value in zip(variables, start):
-          variable.assign(value)
+      keeps = []
+      for copy in range(int(holistic.local_models)):
         seed = tf.stack([tf.constant(base_seed * 1000 + copy, tf.int64),
                          self.step])
-        order = tf.argsort(tf.random.stateless_uniform(
-            [len(self.seen)], seed=seed))
-        left_out = tf.gather(seen, order[:leave_out])
-        keep = 1.0 - tf.reduce_sum(
-            tf.one_hot(left_out, self.num_classes), 0)
-        for local in tf.range(local_steps):
-          index = tf.random.stateless_uniform(
-              [batch], seed=seed + tf.stack([0, 1 + tf.cast(local, tf.int64)])
-              * 1000003, maxval=v_count, dtype=tf.int32)
-          images = tf.gather(self.v_images, index)
-          labels = tf.gather(self.v_labels, index)
-          weight = tf.gather(keep, labels)
-          with tf.GradientTape() as tape:
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=self.model(images, training=True))
-            loss = tf.reduce_sum(weight * per_example) / tf.maximum(
-                tf.reduce_sum(weight), 1.0)
-          for variable, grad in zip(variables,
-                                    tape.gradient(loss, variables)):
-            variable.assign_sub(local_lr * grad)
-        total = [t + v - s for t, v, s in zip(total, variables, start)]
-      for variable, value, delta in zip(variables, start, total):
-        variable.assign(value + delta / float(copies))
+        keeps.append((seed, 1.0 - tf.reduce_sum(tf.one_hot(
+            left_out_classes(self.seen, leave_out, seed), self.num_classes),
+            0)))
+
+      def local_loss(copy, local):
+        seed, keep = keeps[copy]
+        index = tf.random.stateless_uniform(
+            [batch], seed=seed + 1000003 * tf.stack(
+                [0, 1 + tf.cast(local, tf.int64)]),
+            maxval=v_count, dtype=tf.int32)
+        labels = tf.gather(self.v_labels, index)
+        weight = tf.gather(keep, labels)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels,
+            logits=self.model(tf.gather(self.v_images, index),
+                              training=True))
+        return tf.reduce_sum(weight * per_example) / tf.maximum(
+            tf.reduce_sum(weight), 1.0)
+
+      loss = local_sgd_round(self.variables, local_loss,
+                             int(holistic.local_models),
+                             int(holistic.local_steps),
+                             float(holistic.local_lr))
       return {"loss/target": loss}
     return step
 

@@ -395,6 +395,7 @@ class Trainer:
         self.phases_finished.assign(index + 1)
         self.manager.save(checkpoint_number=phase_end)
       phase_start = phase_end
+    self.manager.save(checkpoint_number=self.total_steps)
     hyper_loss, hyper_acc = self.evaluate(*self.data.h)
     test_loss, test_acc = self.evaluate(*self.data.test)
     best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
