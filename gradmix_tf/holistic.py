@@ -48,7 +48,8 @@ logits for seen images, over the unseen logits for unseen ones).
 
 Choices of ours where the abstract is silent: LOLSGD's local steps are
 plain SGD at `local_lr` = 0.05 (the effective step of SGD at 0.005 with
-momentum 0.9), and one round counts as one of the `steps`; distillation
+momentum 0.9), and there are `steps // local_steps` rounds, so each copy
+takes as many local steps as fine-tuning takes steps; distillation
 uses the labelled `V` images (no unlabelled target data of unseen classes
 exists in this problem).
 """
@@ -268,7 +269,8 @@ class HolisticTrainer(Trainer):
     elif method == "lolsgd":
       # The local steps update the variables directly; the optimizer only
       # gives the phase its (unused) state.
-      phases.append(self._phase("adapt", steps,
+      rounds = max(1, steps // int(holistic.local_steps))
+      phases.append(self._phase("adapt", rounds,
                                 make_sgd(config, holistic.local_lr),
                                 self._lolsgd_step(), index_sizes=[1]))
     return phases
