@@ -14,6 +14,7 @@ from gradmix_tf.errors import ConfigError
 DATA_DIR_ENV = "GRADMIX_DATA_DIR"
 CACHE_DIR_ENV = "GRADMIX_CACHE_DIR"
 CONFIGS_DIR_ENV = "GRADMIX_CONFIGS_DIR"
+ACTIONS_DIR_ENV = "GRADMIX_ACTIONS_DIR"
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,12 +101,23 @@ def resolve(config):
     config.max_unlabelled = 300
     config.max_test = 300
     config.target.hyperval_size = min(config.target.hyperval_size, 100)
+    if "actions" in config:
+      actions = config.actions
+      if not (actions.root or os.environ.get(ACTIONS_DIR_ENV) or (
+          actions.ucf101_dir and actions.mpii_dir and actions.bu101_dir)):
+        actions.fixture = True
+      config.input_shape = (32, 32, 3)
+      config.batch_size = min(config.batch_size, 8)
+      actions.train_frames_per_clip = min(actions.train_frames_per_clip, 2)
+      actions.test_frames_per_clip = min(actions.test_frames_per_clip, 2)
     if "holistic" in config:
       holistic = config.holistic
       holistic.pretrain_steps = min(holistic.pretrain_steps, 30)
       holistic.per_class = min(holistic.per_class, 10)
       holistic.heldout_per_class = min(holistic.heldout_per_class, 10)
       holistic.local_steps = min(holistic.local_steps, 2)
+  if "actions" in config and not config.actions.root:
+    config.actions.root = os.environ.get(ACTIONS_DIR_ENV, "")
   for field in ("steps", "batch_size", "log_every", "eval_every",
                 "checkpoint_every"):
     if int(config[field]) < 1:

@@ -1,6 +1,6 @@
 r"""Launcher: `python -m gradmix_tf.launch --config=<name> [--workdir=<dir>]`.
 
-`<name>` is a file in `configs/` (`digits_mnistm`, `digits`,
+`<name>` is a file in `configs/` (`digits_mnistm`, `digits`, `ucf101`,
 `holistic_digits`) or a path to a config file. Any field can be overridden, e.g.
 
     python -m gradmix_tf.launch --config=digits_mnistm \
@@ -71,7 +71,12 @@ def train(config, workdir):
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)
-  if "holistic" in config:
+  if "actions" in config:
+    from gradmix_tf.data.actions import build_action_experiment  # pylint: disable=g-import-not-at-top
+    data = build_action_experiment(config, seed=int(config.seed),
+                                   k=int(config.k))
+    trainer = Trainer(config, data, workdir, strategy=strategy)
+  elif "holistic" in config:
     from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
     from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
     data = build_partial_experiment(config, seed=int(config.seed))

@@ -98,11 +98,32 @@ def forward_flops(input_shape, widths=(32, 32, 64, 64), units=128,
 
 
 def build_model(model_config, input_shape, num_classes_per_head):
-  """Builds the configured network with all its variables created."""
+  """Builds the configured network with all its variables created.
+
+  `model_config.name`: `digit_convnet` (`widths`, `units`) or `resnet18`
+  (`weights`: a Keras `.weights.h5` or torchvision `.npz` file of ImageNet
+  weights for the trunk, or '' for random weights, which is logged).
+  """
+  if model_config.name == "resnet18":
+    from gradmix_tf import resnet  # pylint: disable=g-import-not-at-top
+    trunk = resnet.resnet18_trunk(tuple(input_shape))
+    weights = model_config.get("weights", "")
+    if weights:
+      resnet.load_trunk_weights(trunk, weights)
+    else:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.warning(
+          "ResNet-18 starts from RANDOM weights: config.model.weights is "
+          "empty (set it to ImageNet weights, .weights.h5 or a torchvision "
+          ".npz; see gradmix_tf/resnet.py)")
+    model = MultiHeadClassifier(trunk, num_classes_per_head,
+                                name="classifier")
+    model.build_all(input_shape)
+    return model
   if model_config.name != "digit_convnet":
     from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(
-        f"unknown model {model_config.name!r}: use digit_convnet")
+        f"unknown model {model_config.name!r}: use digit_convnet or resnet18")
   trunk = digit_convnet_trunk(tuple(model_config.widths), model_config.units)
   model = MultiHeadClassifier(trunk, num_classes_per_head, name="classifier")
   model.build_all(input_shape)

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf import models
+from gradmix_tf.evaluation import video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.gradmf import GradMF
@@ -186,6 +187,7 @@ class Trainer:
     self.source_heads = [s.head for s in data.sources]
     self.v_images = tf.constant(data.v[0])
     self.v_labels = tf.constant(data.v[1])
+    self._v_clips = self._video_clips(config, data)
     self.phases = self._make_phases()
     self.total_steps = sum(p["steps"] for p in self.phases)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -291,10 +293,39 @@ class Trainer:
                                   self.global_batch))
     return losses
 
+  def _video_clips(self, config, data):
+    """(first frame, frame count) of each V clip when V holds video clips
+    and `actions.frames_per_step` frames of each are drawn per step."""
+    per_step = int(config.get("actions", {}).get("frames_per_step", 0))
+    if data.v_groups is None or not per_step:
+      return None
+    groups = np.asarray(data.v_groups)
+    if np.any(np.diff(groups) < 0):
+      raise ConfigError("V's frames must be grouped by clip")
+    _, first, counts = np.unique(groups, return_index=True,
+                                 return_counts=True)
+    return (tf.constant(first, tf.int32), tf.constant(counts, tf.float32),
+            per_step)
+
+  def _validation_images(self):
+    """All of V, or `frames_per_step` random frames of each V clip (drawn
+    from `(seed, step)`, so a resumed run draws the same frames)."""
+    if self._v_clips is None:
+      return self.v_images, self.v_labels
+    first, counts, per_step = self._v_clips
+    seed = tf.stack([tf.constant(int(self.config.seed), tf.int64),
+                     tf.cast(self.step, tf.int64)])
+    uniform = tf.random.stateless_uniform([tf.shape(first)[0], per_step],
+                                          seed=seed)
+    offset = tf.minimum(tf.floor(uniform * counts[:, None]),
+                        counts[:, None] - 1.0)
+    index = tf.reshape(first[:, None] + tf.cast(offset, tf.int32), [-1])
+    return tf.gather(self.v_images, index), tf.gather(self.v_labels, index)
+
   def _validation_loss(self):
-    logits = self.model(self.v_images, head=self.data.target_head,
-                        training=True)
-    return cross_entropy(self.v_labels, logits)
+    images, labels = self._validation_images()
+    logits = self.model(images, head=self.data.target_head, training=True)
+    return cross_entropy(labels, logits)
 
   def _target_step(self, optimizer):
     def step(indices):
@@ -347,6 +378,12 @@ class Trainer:
     return {f"loss/{s.name}": loss for s, loss in zip(self.data.sources, losses)}
 
   # -- Evaluation -------------------------------------------------------------
+
+  def probabilities(self, images):
+    """Target-head softmax of `images`, `[n, classes]`, in batches."""
+    return np.concatenate([
+        self._predict(tf.constant(images[start:start + EVAL_BATCH])).numpy()
+        for start in range(0, len(images), EVAL_BATCH)])
 
   def evaluate(self, images, labels):
     """(loss, accuracy) of the target head on a labelled set."""
@@ -428,6 +465,11 @@ class Trainer:
             "test": int(len(self.data.test[1]))},
     }
     metrics["replicas"] = self.replicas
+    if self.data.test_groups is not None:
+      images, labels = self.data.test
+      metrics["per_frame_accuracy"], metrics["per_video_accuracy"] = (
+          video_accuracy(self.probabilities(images), labels,
+                         self.data.test_groups))
     metrics.update(self._extra_metrics())
     if self.is_chief:
       write_json_atomically(os.path.join(self.workdir, "metrics.json"),

@@ -45,6 +45,9 @@ class ExperimentData:
   h: tuple
   u: tuple                # (x, hidden labels)
   test: tuple
+  # Video data: the clip of each V / test image (None: still images).
+  v_groups: np.ndarray = None
+  test_groups: np.ndarray = None
 
   @property
   def num_classes_per_head(self):

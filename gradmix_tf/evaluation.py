@@ -1,0 +1,29 @@
+"""Accuracy of frames and of videos (the mean of their frames' softmax)."""
+
+import numpy as np
+
+
+def video_accuracy(probabilities, labels, groups):
+  """Per-frame and per-video accuracy.
+
+  Args:
+    probabilities: `[frames, classes]` softmax outputs.
+    labels: `[frames]` true labels (equal within a video).
+    groups: `[frames]` the video of each frame.
+
+  Returns:
+    `(per_frame, per_video)`: the fraction of frames whose argmax is right,
+    and of videos whose mean probability vector's argmax is right.
+  """
+  probabilities = np.asarray(probabilities, np.float64)
+  labels = np.asarray(labels)
+  groups = np.asarray(groups)
+  per_frame = float((probabilities.argmax(-1) == labels).mean())
+  videos, inverse = np.unique(groups, return_inverse=True)
+  sums = np.zeros((len(videos), probabilities.shape[1]))
+  np.add.at(sums, inverse, probabilities)
+  counts = np.bincount(inverse, minlength=len(videos))[:, None]
+  video_labels = np.zeros(len(videos), labels.dtype)
+  video_labels[inverse] = labels
+  per_video = float(((sums / counts).argmax(-1) == video_labels).mean())
+  return per_frame, per_video
