@@ -55,9 +55,10 @@ def test_class_index_and_split_lists(fixture_root):
 def test_mpii_activities_skip_images_without_one(fixture_root):
   names, labels, classes = actions.read_mpii_activities(
       os.path.join(fixture_root, "mpii"))
-  # 12 images, the last two with act_id -1; ids 2, 15, 80 -> labels 0, 1, 2.
-  assert len(names) == 10 and names[0] == "100000000.jpg"
-  np.testing.assert_array_equal(labels, [0, 1, 2] * 3 + [0])
+  # 12 images: 9 training images with an activity, one test image (9),
+  # two without one (act_id -1); ids 2, 15, 80 -> labels 0, 1, 2.
+  assert len(names) == 9 and names[0] == "100000000.jpg"
+  np.testing.assert_array_equal(labels, [0, 1, 2] * 3)
   assert classes == ["curling", "ice skating", "bicycling"]
 
 
@@ -175,7 +176,7 @@ def test_launcher_runs_gradmix_on_fixtures(tmp_path):
   assert 0.0 <= metrics["per_frame_accuracy"] <= 1.0
   assert 0.0 <= metrics["per_video_accuracy"] <= 1.0
   assert metrics["num_examples"]["test"] == 8 * 2
-  assert os.path.isdir(tmp_path / "cache" / "action_fixtures" / "ucf101")
+  assert os.path.isdir(tmp_path / "cache" / action_fixtures.FIXTURE_DIR / "ucf101")
 
 
 def test_missing_data_root_is_one_error_line(tmp_path):

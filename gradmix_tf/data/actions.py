@@ -11,9 +11,10 @@ Expected layout (each directory can be set on its own in the config):
     <mpii_dir>/images/<annolist(i).image.name>
     <bu101_dir>/<UCF101 class name>/*.jpg
 
-* MPII Human Pose: image `i` has activity `RELEASE.act(i).act_id` (-1: none;
-  those images are skipped); the distinct ids, sorted, are the classes (410
-  in the release) and `act_name` names them.
+* MPII Human Pose: training image `i` (`RELEASE.img_train(i) = 1`; the
+  paper's S1 is MPII's training split) has activity `RELEASE.act(i).act_id`
+  (-1: none; those images are skipped); the distinct ids, sorted, are the
+  classes (410 in the release) and `act_name` names them.
 * BU101: every folder is a UCF101 class; its images share the target head.
 * UCF101 split `s`: `k` training clips per class form V (drawn with the run
   seed), `hyperval_clips_per_class` further clips per class form H (fixed by
@@ -24,7 +25,9 @@ Frames. A V clip keeps `train_frames_per_clip` evenly spaced frames (the
 centres of equal segments); each step uses `frames_per_step` of them per
 clip, drawn at random (`Trainer`). H and U keep one middle frame per clip.
 A test clip keeps `test_frames_per_clip` evenly spaced frames; per-video
-accuracy averages their softmax (`gradmix_tf.evaluation`).
+accuracy averages their softmax (`gradmix_tf.evaluation`). The paper
+averages *all* frames of a video; 5 keeps the test set in memory (raise it
+where memory allows).
 
 Everything is decoded into memory at `input_shape` (uint8). At 224x224 the
 full MPII + BU101 sources take about 7 GB of host memory; the test set at 5
@@ -124,6 +127,8 @@ def read_mpii_activities(mpii_dir):
                                squeeze_me=True)["RELEASE"]
     annolist = np.atleast_1d(release.annolist)
     activities = np.atleast_1d(release.act)
+    is_train = np.atleast_1d(getattr(release, "img_train",
+                                     np.ones(len(annolist))))
   except (ValueError, KeyError, AttributeError, OSError) as err:
     raise DataError(f"{path} is not an MPII annotation file with "
                     f"RELEASE.annolist and RELEASE.act: {err}") from None
@@ -131,10 +136,10 @@ def read_mpii_activities(mpii_dir):
     raise DataError(f"{path}: {len(annolist)} images but "
                     f"{len(activities)} activity entries")
   names, ids, id_names = [], [], {}
-  for entry, act in zip(annolist, activities):
+  for entry, act, train in zip(annolist, activities, is_train):
     act_id = int(np.asarray(act.act_id).ravel()[0]) if np.size(
         act.act_id) else -1
-    if act_id < 0:
+    if act_id < 0 or not train:
       continue
     names.append(str(entry.image.name))
     ids.append(act_id)
@@ -274,7 +279,7 @@ def _with_fixture_root(actions, cache_dir):
   from gradmix_tf.data import action_fixtures  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  root = os.path.join(cache_dir, "action_fixtures")
+  root = os.path.join(cache_dir, action_fixtures.FIXTURE_DIR)
   if not os.path.isdir(root):
     os.makedirs(cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(prefix="action_fixtures.", dir=cache_dir)
