@@ -37,6 +37,9 @@ def get_config():
       per_class=100,               # labelled target images per seen class
       heldout_per_class=50,        # H: held-out seen-class images
       pretrain_steps=1500,         # on the source, at config.lr
+      # Random inversion and colours in pre-training: without it the MNIST
+      # model reaches 16.9% on MNIST-M (seed 0), with it 60.3%.
+      pretrain_augment=True,
       # Distillation (distill, gradmix_distill).
       distill_weight=1.0,
       temperature=2.0,

@@ -5,7 +5,8 @@ domain with labelled target images of the *seen* classes only and must stay
 good on every class (the abstract in `../shared/papers/`). Each run is
 
 1. *pre-training* on the source (`holistic.pretrain_steps` steps of SGD at
-   `lr`); its weights are kept as the *source model* (the teacher), then
+   `lr`, with colour augmentation when `holistic.pretrain_augment`); its
+   weights are kept as the *source model* (the teacher), then
 2. *adaptation* on `V` for `steps` steps by one of the methods below, at
    `finetune_lr` (SGD, momentum `momentum`) unless stated.
 
@@ -303,6 +304,27 @@ class HolisticTrainer(Trainer):
       target.assign(source)
 
   # -- Steps ------------------------------------------------------------------
+
+  def _augment_source(self, images):
+    """Colour augmentation of the pre-training images (`pretrain_augment`).
+
+    Per image: inverted with probability 1/2, then per channel
+    `x <- o + g x` with `g ~ U(0.3, 1)` and `o ~ U(0, 255 (1 - g))`, so the
+    digit and background take random colours and stay in 0..255. Drawn
+    from `(seed, step)`.
+    """
+    if not self.config.holistic.get("pretrain_augment", False):
+      return images
+    batch = tf.shape(images)[0]
+    seed = tf.stack([tf.constant(int(self.config.seed) + 7, tf.int64),
+                     tf.cast(self.step, tf.int64)])
+    draws = tf.random.stateless_uniform([batch, 7], seed=seed)
+    images = tf.cast(images, tf.float32)
+    flip = tf.cast(draws[:, 0] < 0.5, tf.float32)[:, None, None, None]
+    images = flip * (255.0 - images) + (1.0 - flip) * images
+    gain = 0.3 + 0.7 * draws[:, 1:4]
+    offset = draws[:, 4:7] * 255.0 * (1.0 - gain)
+    return offset[:, None, None, :] + gain[:, None, None, :] * images
 
   def _target_batch(self, indices, subset=None):
     index = indices[0]

@@ -288,7 +288,8 @@ class Trainer:
     for images, labels, head, index in zip(
         self.source_images, self.source_labels, self.source_heads, indices):
       index = index[start:start + self.replica_batch]
-      logits = self.model(tf.gather(images, index), head=head, training=True)
+      logits = self.model(self._augment_source(tf.gather(images, index)),
+                          head=head, training=True)
       losses.append(cross_entropy(tf.gather(labels, index), logits,
                                   self.global_batch))
     return losses
@@ -321,6 +322,10 @@ class Trainer:
                         counts[:, None] - 1.0)
     index = tf.reshape(first[:, None] + tf.cast(offset, tf.int32), [-1])
     return tf.gather(self.v_images, index), tf.gather(self.v_labels, index)
+
+  def _augment_source(self, images):
+    """Source images as the model sees them in training (subclasses)."""
+    return images
 
   def _validation_loss(self):
     images, labels = self._validation_images()

@@ -225,6 +225,28 @@ def test_bad_holistic_settings_are_config_errors(tmp_path):
     HolisticTrainer(_config(method="gradmix"), _data(), str(tmp_path))
 
 
+def test_pretraining_augmentation_is_a_per_channel_affine_map(tmp_path):
+  config = _config(method="source_only")
+  config.holistic.pretrain_augment = True
+  trainer = HolisticTrainer(config, _data(), str(tmp_path))
+  images = _data().sources[0].x[:6]
+  out = trainer._augment_source(tf.constant(images)).numpy()  # pylint: disable=protected-access
+  assert out.min() >= 0.0 and out.max() <= 255.0 + 1e-3
+  flips = []
+  for image, augmented in zip(images.astype(np.float64), out):
+    for channel in range(3):
+      x, y = image[..., channel].ravel(), augmented[..., channel].ravel()
+      slope, intercept = np.polyfit(x, y, 1)
+      np.testing.assert_allclose(intercept + slope * x, y, atol=1e-2)
+      assert 0.3 - 1e-4 <= abs(slope) <= 1.0 + 1e-4
+    flips.append(slope < 0)
+  assert any(flips) and not all(flips)   # some inverted, some not
+  config.holistic.pretrain_augment = False
+  plain = HolisticTrainer(config, _data(), str(tmp_path / "plain"))
+  np.testing.assert_array_equal(
+      plain._augment_source(tf.constant(images)).numpy(), images)  # pylint: disable=protected-access
+
+
 def test_gradmix_distill_mixes_two_named_gradients(tmp_path):
   trainer, metrics = _run(tmp_path, "gradmix_distill")
   optimizer = trainer.phases[1]["optimizer"]
