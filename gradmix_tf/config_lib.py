@@ -59,6 +59,9 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
+  # MME baseline (method mme; gradmix_tf/mme.py).
+  config.mme = ml_collections.ConfigDict(dict(
+      temperature=0.05, entropy_weight=0.1, lr=0.01))
   # GradMF (method gradmf; gradmix_tf/gradmf.py).
   config.gradmf = ml_collections.ConfigDict(dict(
       steps=1,                 # K progressive steps

@@ -82,8 +82,16 @@ def train(config, workdir):
     data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
+    from gradmix_tf import mme  # pylint: disable=g-import-not-at-top
+    trainer_class = Trainer
+    if config.method in mme.METHODS:
+      trainer_class = mme.MMETrainer
+    elif config.method not in Trainer.methods:
+      raise ConfigError(
+          f"unknown method {config.method!r}: choose one of "
+          f"{', '.join(Trainer.methods + mme.METHODS)}")
     data = build_experiment(config, seed=int(config.seed), k=int(config.k))
-    trainer = Trainer(config, data, workdir, strategy=strategy)
+    trainer = trainer_class(config, data, workdir, strategy=strategy)
   metrics = trainer.run()
   if config.export_dir and trainer.is_chief:
     from gradmix_tf import export  # pylint: disable=g-import-not-at-top

@@ -37,17 +37,22 @@ class MultiHeadClassifier(keras.Model):
   Args:
     trunk: a Keras layer or model from images to a feature vector.
     num_classes_per_head: the number of classes of each head.
+    head_factory: `(head index, classes) -> layer`; default a `Dense`
+      layer named `head_<h>` (MME puts a cosine classifier on its head).
   """
 
-  def __init__(self, trunk, num_classes_per_head, **kwargs):
+  def __init__(self, trunk, num_classes_per_head, head_factory=None,
+               **kwargs):
     super().__init__(**kwargs)
     self.trunk = trunk
     self.num_classes_per_head = tuple(int(n) for n in num_classes_per_head)
+    head_factory = head_factory or (
+        lambda h, n: keras.layers.Dense(n, name=f"head_{h}"))
     # One attribute per head: TensorFlow checkpoints follow attributes, not
     # the entries of a Python list, and a model-only checkpoint (best-H
     # weights, export) must hold every head.
     for h, n in enumerate(self.num_classes_per_head):
-      setattr(self, f"head_{h}", keras.layers.Dense(n, name=f"head_{h}"))
+      setattr(self, f"head_{h}", head_factory(h, n))
 
   @property
   def heads(self):
@@ -97,7 +102,8 @@ def forward_flops(input_shape, widths=(32, 32, 64, 64), units=128,
   return 2 * macs
 
 
-def build_model(model_config, input_shape, num_classes_per_head):
+def build_model(model_config, input_shape, num_classes_per_head,
+                head_factory=None):
   """Builds the configured network with all its variables created.
 
   `model_config.name`: `digit_convnet` (`widths`, `units`) or `resnet18`
@@ -116,7 +122,7 @@ def build_model(model_config, input_shape, num_classes_per_head):
           "ResNet-18 starts from RANDOM weights: config.model.weights is "
           "empty (set it to ImageNet weights, .weights.h5 or a torchvision "
           ".npz; see gradmix_tf/resnet.py)")
-    model = MultiHeadClassifier(trunk, num_classes_per_head,
+    model = MultiHeadClassifier(trunk, num_classes_per_head, head_factory,
                                 name="classifier")
     model.build_all(input_shape)
     return model
@@ -125,6 +131,7 @@ def build_model(model_config, input_shape, num_classes_per_head):
     raise ConfigError(
         f"unknown model {model_config.name!r}: use digit_convnet or resnet18")
   trunk = digit_convnet_trunk(tuple(model_config.widths), model_config.units)
-  model = MultiHeadClassifier(trunk, num_classes_per_head, name="classifier")
+  model = MultiHeadClassifier(trunk, num_classes_per_head, head_factory,
+                              name="classifier")
   model.build_all(input_shape)
   return model

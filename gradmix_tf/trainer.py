@@ -179,8 +179,7 @@ class Trainer:
       self._build_state(config, data, workdir)
 
   def _build_state(self, config, data, workdir):
-    self.model = models.build_model(
-        config.model, tuple(config.input_shape), data.num_classes_per_head)
+    self.model = self._build_model()
     self.variables = self.model.trainable_variables
     self.source_images = [tf.constant(s.x) for s in data.sources]
     self.source_labels = [tf.constant(s.y) for s in data.sources]
@@ -237,6 +236,12 @@ class Trainer:
     if method == "joint":
       return [self._phase("joint", steps, make_sgd(config, config.lr))]
     return [self._phase("gradmix", steps, make_gradmix(config, method))]
+
+  def _build_model(self):
+    """The network (subclasses may change its heads)."""
+    return models.build_model(self.config.model,
+                              tuple(self.config.input_shape),
+                              self.data.num_classes_per_head)
 
   def _extra_trackables(self):
     """More objects for the checkpoint (subclasses)."""
@@ -571,7 +576,7 @@ class Trainer:
   def _write_summaries(self, writer, phase, stats, step):
     with writer.as_default(step=step):
       for name, value in stats.items():
-        if name.startswith("loss/") or name in ("rho", "eta"):
+        if name.startswith(("loss/", "entropy/")) or name in ("rho", "eta"):
           tf.summary.scalar(name, value)
       if "weights" in stats:
         names = phase["optimizer"].mixed_layer_names
