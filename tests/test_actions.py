@@ -191,3 +191,17 @@ def test_missing_data_root_is_one_error_line(tmp_path):
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "classInd.txt does not exist" in lines[0]
   assert "Traceback" not in result.stderr
+
+
+def test_avi_without_opencv_names_the_fix(fixture_root, tmp_path):
+  try:
+    import cv2  # pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip("OpenCV is installed; the fallback message is not reached")
+  except ImportError:
+    pass
+  video = tmp_path / "videos" / "Archery" / "v_Archery_g01_c01.avi"
+  video.parent.mkdir(parents=True)
+  video.write_bytes(b"RIFF")
+  clip = actions.Clip("Archery/v_Archery_g01_c01.avi", 2)
+  with pytest.raises(DataError, match="opencv-python-headless"):
+    actions.clip_frames(str(tmp_path), clip, 2, 16)
