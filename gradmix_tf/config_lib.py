@@ -62,6 +62,9 @@ def base_config():
   # MME baseline (method mme; gradmix_tf/mme.py).
   config.mme = ml_collections.ConfigDict(dict(
       temperature=0.05, entropy_weight=0.1, lr=0.01))
+  # MDDA baseline (method mdda; gradmix_tf/mdda.py).
+  config.mdda = ml_collections.ConfigDict(dict(
+      latent_domains=2, target_entropy_weight=0.1, domain_weight=0.1))
   # GradMF (method gradmf; gradmix_tf/gradmf.py).
   config.gradmf = ml_collections.ConfigDict(dict(
       steps=1,                 # K progressive steps

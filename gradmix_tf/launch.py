@@ -82,14 +82,13 @@ def train(config, workdir):
     data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
-    from gradmix_tf import mme  # pylint: disable=g-import-not-at-top
-    trainer_class = Trainer
-    if config.method in mme.METHODS:
-      trainer_class = mme.MMETrainer
-    elif config.method not in Trainer.methods:
+    from gradmix_tf import mdda, mme  # pylint: disable=g-import-not-at-top
+    baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer}
+    trainer_class = baselines.get(config.method, Trainer)
+    if config.method not in Trainer.methods + tuple(baselines):
       raise ConfigError(
           f"unknown method {config.method!r}: choose one of "
-          f"{', '.join(Trainer.methods + mme.METHODS)}")
+          f"{', '.join(Trainer.methods + tuple(baselines))}")
     data = build_experiment(config, seed=int(config.seed), k=int(config.k))
     trainer = trainer_class(config, data, workdir, strategy=strategy)
   metrics = trainer.run()
