@@ -65,6 +65,9 @@ def base_config():
   # MDDA baseline (method mdda; gradmix_tf/mdda.py).
   config.mdda = ml_collections.ConfigDict(dict(
       latent_domains=2, target_entropy_weight=0.1, domain_weight=0.1))
+  # DCTN baseline (method dctn; gradmix_tf/dctn.py).
+  config.dctn = ml_collections.ConfigDict(dict(
+      adversarial_weight=0.1, confidence=0.9, pseudo_label_start=500))
   # GradMF (method gradmf; gradmix_tf/gradmf.py).
   config.gradmf = ml_collections.ConfigDict(dict(
       steps=1,                 # K progressive steps

@@ -215,10 +215,12 @@ class HolisticTrainer(Trainer):
     if self.replicas != 1:
       raise ConfigError("holistic transfer runs on one device; use "
                         "--config.distribution=default")
-    unseen_mask = tf.constant(
-        np.isin(np.arange(self.num_classes), self.unseen), tf.float32)
-    self._predict = tf.function(lambda x: tf.nn.softmax(
-        self.model(x) + self.unseen_shift * unseen_mask))
+
+  def _prediction(self, images):
+    """Softmax of the logits with the unseen-class shift added."""
+    unseen = tf.constant(np.isin(np.arange(self.num_classes), self.unseen),
+                         tf.float32)
+    return tf.nn.softmax(self.model(images) + self.unseen_shift * unseen)
 
   # -- Phases -----------------------------------------------------------------
 

@@ -82,8 +82,9 @@ def train(config, workdir):
     data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
-    from gradmix_tf import mdda, mme  # pylint: disable=g-import-not-at-top
-    baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer}
+    from gradmix_tf import dctn, mdda, mme  # pylint: disable=g-import-not-at-top
+    baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
+                 "dctn": dctn.DCTNTrainer}
     trainer_class = baselines.get(config.method, Trainer)
     if config.method not in Trainer.methods + tuple(baselines):
       raise ConfigError(

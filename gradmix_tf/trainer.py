@@ -217,8 +217,7 @@ class Trainer:
         tf.train.Checkpoint(model=self.model),
         os.path.join(os.path.dirname(checkpoint_dir), "best"), max_to_keep=1)
     self.best_hyperval = (0, -1.0)
-    self._predict = tf.function(
-        lambda x: tf.nn.softmax(self.model(x, head=data.target_head)))
+    self._predict = tf.function(self._prediction)
 
   # -- Phases and steps -------------------------------------------------------
 
@@ -236,6 +235,10 @@ class Trainer:
     if method == "joint":
       return [self._phase("joint", steps, make_sgd(config, config.lr))]
     return [self._phase("gradmix", steps, make_gradmix(config, method))]
+
+  def _prediction(self, images):
+    """Target-class probabilities of `images` (subclasses may change it)."""
+    return tf.nn.softmax(self.model(images, head=self.data.target_head))
 
   def _build_model(self):
     """The network (subclasses may change its heads)."""
@@ -576,7 +579,8 @@ class Trainer:
   def _write_summaries(self, writer, phase, stats, step):
     with writer.as_default(step=step):
       for name, value in stats.items():
-        if name.startswith(("loss/", "entropy/")) or name in ("rho", "eta"):
+        if name.startswith(("loss/", "entropy/", "stats/")) or name in (
+            "rho", "eta"):
           tf.summary.scalar(name, value)
       if "weights" in stats:
         names = phase["optimizer"].mixed_layer_names
