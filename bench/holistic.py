@@ -12,13 +12,11 @@ Runs each (method, seed) through the launcher (resumable: a run with
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from report import replace_block  # pylint: disable=g-import-not-at-top
+import runs
 
 METHODS = ("source_only", "fine_tune", "frozen_classifier", "lolsgd",
            "distill", "gradmix_distill", "calibrated")
@@ -37,22 +35,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_one(runs_dir, method, seed, extra):
-  workdir = os.path.join(runs_dir, method, f"seed{seed}")
-  if os.path.isfile(os.path.join(workdir, "metrics.json")):
-    return "done"
-  command = [sys.executable, "-m", "gradmix_tf.launch",
-             "--config=holistic_digits", f"--config.method={method}",
-             f"--config.seed={seed}", f"--workdir={workdir}", *extra]
-  os.makedirs(workdir, exist_ok=True)
-  started = time.time()
-  with open(os.path.join(workdir, "log.txt"), "a") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                           cwd=REPO)
-  if code:
-    raise SystemExit(f"run failed ({code}): {' '.join(command)}; see "
-                     f"{workdir}/log.txt")
-  return f"{time.time() - started:.0f} s"
-
+  return runs.launch(os.path.join(runs_dir, method, f"seed{seed}"),
+                     ["--config=holistic_digits", f"--config.method={method}",
+                      f"--config.seed={seed}", *extra])
 
 def mean_se(values):
   values = 100.0 * np.asarray([v for v in values if v is not None])

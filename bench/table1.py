@@ -16,13 +16,11 @@ columns (as in the paper).
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from report import replace_block  # pylint: disable=g-import-not-at-top
+import runs
 
 METHODS = ("target_only", "source_only", "fine_tune", "gradmix_sgd",
            "gradmix_no_adalr", "gradmix")
@@ -59,23 +57,11 @@ def run_one(runs_dir, method, k, seed, steps, extra, variant=None):
   `variant` names the run's folder when `extra` flags make it a variant of
   `method` (default: the method's name).
   """
-  workdir = run_dir(runs_dir, variant or method, k, seed)
-  if os.path.isfile(os.path.join(workdir, "metrics.json")):
-    return "done"
-  command = [sys.executable, "-m", "gradmix_tf.launch",
-             "--config=digits_mnistm", f"--config.method={method}",
-             f"--config.k={k}", f"--config.seed={seed}",
-             f"--config.steps={steps}", f"--workdir={workdir}", *extra]
-  os.makedirs(workdir, exist_ok=True)
-  started = time.time()
-  with open(os.path.join(workdir, "log.txt"), "a") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                           cwd=REPO)
-  if code:
-    raise SystemExit(f"run failed ({code}): {' '.join(command)}; see "
-                     f"{workdir}/log.txt")
-  return f"{time.time() - started:.0f} s"
-
+  return runs.launch(
+      run_dir(runs_dir, variant or method, k, seed),
+      ["--config=digits_mnistm", f"--config.method={method}",
+       f"--config.k={k}", f"--config.seed={seed}", f"--config.steps={steps}",
+       *extra])
 
 def load(runs_dir, method, k, seeds):
   found = []

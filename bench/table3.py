@@ -17,13 +17,11 @@ checks the pipeline, its numbers mean nothing.
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from report import replace_block  # pylint: disable=g-import-not-at-top
+import runs
 
 METHODS = ("target_only", "source_only", "fine_tune", "gradmix")
 LABELS = {"target_only": "Target only", "source_only": "Source only",
@@ -45,27 +43,14 @@ def run_dir(args, method, k, seed):
 
 
 def run_one(args, method, k, seed):
-  workdir = run_dir(args, method, k, seed)
-  if os.path.isfile(os.path.join(workdir, "metrics.json")):
-    return "done"
-  command = [sys.executable, "-m", "gradmix_tf.launch", "--config=ucf101",
-             f"--config.method={method}", f"--config.k={k}",
-             f"--config.seed={seed}", f"--workdir={workdir}"]
+  flags = ["--config=ucf101", f"--config.method={method}",
+           f"--config.k={k}", f"--config.seed={seed}"]
   if args.quick:
-    command += ["--config.quick=True", f"--config.steps={args.steps}"]
+    flags += ["--config.quick=True", f"--config.steps={args.steps}"]
   else:
-    command += [f"--config.actions.root={args.root}",
-                f"--config.model.weights={args.weights}"]
-  os.makedirs(workdir, exist_ok=True)
-  started = time.time()
-  with open(os.path.join(workdir, "log.txt"), "a") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                           cwd=REPO)
-  if code:
-    raise SystemExit(f"run failed ({code}): {' '.join(command)}; see "
-                     f"{workdir}/log.txt")
-  return f"{time.time() - started:.0f} s"
-
+    flags += [f"--config.actions.root={args.root}",
+              f"--config.model.weights={args.weights}"]
+  return runs.launch(run_dir(args, method, k, seed), flags)
 
 def cell(args, method, k, seeds, field):
   values = []

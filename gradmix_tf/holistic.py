@@ -288,9 +288,7 @@ class HolisticTrainer(Trainer):
   def _calibrate(self):
     """Chooses the unseen-logit shift and resets to the source model."""
     holistic = self.config.holistic
-    logits = np.concatenate([
-        self.model(tf.constant(self.data.h[0][i:i + 500])).numpy()
-        for i in range(0, len(self.data.h[1]), 500)])
+    logits = self._logits(self.data.h[0])
     grid = np.arange(0.0, float(holistic.delta_max) + 1e-9,
                      float(holistic.delta_step))
     delta, scores = choose_unseen_shift(logits, self.data.h[1],
@@ -421,14 +419,16 @@ class HolisticTrainer(Trainer):
 
   # -- Metrics ----------------------------------------------------------------
 
+  def _logits(self, images):
+    """The model's logits (no shift) of `images`, in batches."""
+    return np.concatenate([self.model(tf.constant(images[i:i + 500])).numpy()
+                           for i in range(0, len(images), 500)])
+
   def _extra_metrics(self):
     images, labels = self.data.test
-    logits = np.concatenate([
-        (self.model(tf.constant(images[i:i + 500]))
-         + self.unseen_shift * tf.constant(
-             np.isin(np.arange(self.num_classes), self.unseen),
-             tf.float32)).numpy()
-        for i in range(0, len(labels), 500)])
+    shift = float(self.unseen_shift.numpy())
+    logits = self._logits(images) + shift * np.isin(
+        np.arange(self.num_classes), self.unseen)
     extra = {
         "holistic": holistic_accuracies(logits, labels, self.seen),
         "seen_classes": self.seen.tolist(),
