@@ -128,3 +128,33 @@ def test_sweep_script_stops_on_failure(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, PYTHON=sys.executable))
   assert result.returncode == 1 and "a run failed" in result.stderr
+
+
+def _config(name, **overrides):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.parametrize("name,method", [
+    ("digits_mnistm", "gradmf"), ("digits_mnistm", "mme"),
+    ("digits_mnistm", "mdda"), ("digits_mnistm", "dctn"),
+    ("holistic_digits", "calibrated")])
+def test_other_methods_run_from_the_launcher(shared_data, tmp_path, name,
+                                             method):
+  # In process (the launcher's train(), after flag parsing) to save the
+  # start-up of a subprocess per method; quick mode, 6 steps.
+  from gradmix_tf import launch  # pylint: disable=g-import-not-at-top
+  config = _config(name, method=method, quick=True, steps=6,
+                   data_dir=shared_data)
+  metrics = launch.train(config, str(tmp_path))
+  assert metrics["method"] == method
+  assert 0.0 <= metrics["test_accuracy"] <= 1.0
+  if name == "holistic_digits":
+    assert set(metrics["holistic"]) >= {"overall", "seen", "unseen"}
