@@ -32,9 +32,7 @@ def write_report(args, seeds, ks):
       runs = table1.load(args.runs_dir, method, k, seeds)
       minutes += sum(r["wall_seconds"] for r in runs) / 60.0
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
-                table1.mean_se([r["test_accuracy_at_best_hyperval"]
-                                for r in runs]),
-                PAPER[method].get(k, "–")]
+                table1.best_h_cell(runs), PAPER[method].get(k, "–")]
       counts.append(str(len(runs)))
     rows.append(f"| {label} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")

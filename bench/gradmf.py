@@ -41,9 +41,7 @@ def write_report(args, seeds, ks):
     for k in ks:
       runs = table1.load(runs_dir, name, k, seeds)
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
-                table1.mean_se([r["test_accuracy_at_best_hyperval"]
-                                for r in runs
-                                if r.get("metrics_version", 1) >= 2])]
+                table1.best_h_cell(runs)]
       counts.append(str(len(runs)))
     rows.append(f"| {label} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")
@@ -51,9 +49,10 @@ def write_report(args, seeds, ks):
   for name in REFERENCE:
     row(table1.LABELS[name] + " (Table 1 runs)", args.table1_dir, name)
   for name, (label, _) in VARIANTS.items():
-    for k in ks:
-      minutes += sum(r["wall_seconds"] for r in table1.load(
-          args.runs_dir, name, k, seeds)) / 60.0
+    found = [table1.load(args.runs_dir, name, k, seeds) for k in ks]
+    if not any(found):
+      continue
+    minutes += sum(r["wall_seconds"] for runs in found for r in runs) / 60.0
     row(label, args.runs_dir, name)
   command = (f"python bench/gradmf.py --seeds={','.join(map(str, seeds))} "
              f"--ks={','.join(map(str, ks))} --steps={args.steps}")
@@ -65,8 +64,11 @@ def write_report(args, seeds, ks):
 
 TEMPLATE = """## GradMF (related method) on `digits_mnistm`
 
-Same splits, network, {steps} steps, batch 32 per source, SGD lr 0.05
-momentum 0.9 as Table 1; `G_s` = the sum of the two source gradients,
+Same splits, network, {steps} steps, batch 32 per source, SGD momentum 0.9
+as Table 1 (lr 0.05 unless the row says otherwise: at 0.05 the projection
+diverged, non-finite from step 116 on, seed 0, k=2, log kept in
+`runs/gradmf_projection_lr0.05_diverged/`); `G_s` = the sum of the two
+source gradients,
 `G_t` = the gradient on V; heads V does not reach (MNIST-M 0-4) get their
 source's gradient. Test accuracy (%), mean ± standard error over seeds.
 The GradMF paper has no result on this setting; the first rows are the

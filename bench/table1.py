@@ -81,6 +81,18 @@ def mean_se(values):
           f"{values.std(ddof=1) / np.sqrt(len(values)):.2f}")
 
 
+def best_h_cell(runs):
+  """Mean ± s.e. of the best-H test accuracy over the runs where it is
+  valid (metrics version 2), with their count when some are not."""
+  best = [r["test_accuracy_at_best_hyperval"] for r in runs
+          if r.get("metrics_version", 1) >= 2]
+  if not best:
+    return "–"
+  if len(best) < len(runs):
+    return f"{mean_se(best)} (n={len(best)})"
+  return mean_se(best)
+
+
 def write_report(args, seeds, ks):
   rows = []
   header = "| Method | " + " | ".join(
@@ -95,16 +107,8 @@ def write_report(args, seeds, ks):
       runs = load(args.runs_dir, method, k, seeds)
       minutes += sum(r["wall_seconds"] for r in runs) / 60.0 if (
           method != "source_only" or k == ks[0]) else 0.0
-      best = [r["test_accuracy_at_best_hyperval"] for r in runs
-              if r.get("metrics_version", 1) >= 2]
-      if not best:
-        best_cell = "–"
-      elif len(best) < len(runs):
-        best_cell = f"{mean_se(best)} (n={len(best)})"
-      else:
-        best_cell = mean_se(best)
-      cells += [mean_se([r["test_accuracy"] for r in runs]), best_cell,
-                PAPER[method].get(k, "–")]
+      cells += [mean_se([r["test_accuracy"] for r in runs]),
+                best_h_cell(runs), PAPER[method].get(k, "–")]
       counts.append(str(len(runs)))
     rows.append(f"| {LABELS[method]} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")
