@@ -59,6 +59,18 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
+  # Unlabelled losses as one more GradMix source (gradmix_vat,
+  # gradmix_mixmatch; gradmix_tf/semi_supervised.py). Perturbations are in
+  # units of [0, 1] pixels; epsilon 2.0 is VAT's MNIST setting. xi is 1e-3,
+  # not VAT's 1e-6: on 0..255 float32 pixels a 1e-6 step is rounded away
+  # for some images (zero direction; `python bench/vat_xi.py`).
+  config.vat = ml_collections.ConfigDict(dict(
+      xi=1e-3, epsilon=2.0, power_iterations=1))
+  # MixMatch: K, T, Beta(alpha), lambda_u as in its paper; its 16k-step
+  # ramp-up scaled to our 2000-step runs.
+  config.mixmatch = ml_collections.ConfigDict(dict(
+      augmentations=2, temperature=0.5, alpha=0.75, lambda_u=100.0,
+      rampup_steps=1000, max_shift=2))
   # MME baseline (method mme; gradmix_tf/mme.py).
   config.mme = ml_collections.ConfigDict(dict(
       temperature=0.05, entropy_weight=0.1, lr=0.01))

@@ -18,6 +18,9 @@ method                 phases
                        Eq. 7-10 as in GradMix
 ``gradmf``             GradMF (`gradmix_tf/gradmf.py`): the summed source
                        gradient turned toward V's, projected on it
+``gradmix_vat``        GradMix with VAT's loss on a batch of U as one more
+                       source (`gradmix_tf/semi_supervised.py`)
+``gradmix_mixmatch``   the same with MixMatch's unlabelled loss
 =====================  =====================================================
 
 Every source loss is the mean cross-entropy of its own mini-batch on its own
@@ -55,7 +58,9 @@ from gradmix_tf.gradmf import GradMF
 from gradmix_tf.optimizer import GradMix
 
 METHODS = ("target_only", "source_only", "fine_tune", "joint", "gradmix",
-           "gradmix_no_adalr", "gradmix_sgd", "gradmf")
+           "gradmix_no_adalr", "gradmix_sgd", "gradmf", "gradmix_vat",
+           "gradmix_mixmatch")
+UNLABELLED_SOURCE = {"gradmix_vat": "vat", "gradmix_mixmatch": "mixmatch"}
 GRADMIX_VARIANTS = {
     "gradmix": dict(solver=None, adaptive_lr=True),
     "gradmix_no_adalr": dict(solver=None, adaptive_lr=False),
@@ -234,6 +239,17 @@ class Trainer:
       return phases
     if method == "joint":
       return [self._phase("joint", steps, make_sgd(config, config.lr))]
+    if method in UNLABELLED_SOURCE:
+      if not len(self.data.u[1]):
+        raise ConfigError(f"{method} needs unlabelled target images (U is "
+                          "empty)")
+      self.u_images = tf.constant(self.data.u[0])
+      sizes = [len(s.y) for s in self.data.sources] + [len(self.data.u[1])]
+      return [self._phase(
+          "gradmix", steps, make_gradmix(config, "gradmix"),
+          index_sizes=sizes,
+          source_names=[s.name for s in self.data.sources] + [
+              UNLABELLED_SOURCE[method]])]
     return [self._phase("gradmix", steps, make_gradmix(config, method))]
 
   def _prediction(self, images):
@@ -278,7 +294,8 @@ class Trainer:
     Source losses are shares of the global mean (summed); everything else
     (V's loss, GradMix's weights, rho, eta) is the same on every replica.
     """
-    source_keys = {f"loss/{s.name}" for s in self.data.sources}
+    source_keys = {f"loss/{s.name}" for s in self.data.sources} | {
+        f"loss/{name}" for name in UNLABELLED_SOURCE.values()}
 
     def step(indices):
       out = self.strategy.run(replica_step, args=(indices,))
@@ -372,16 +389,55 @@ class Trainer:
   def _joint_step(self, optimizer):
     return self._plain_step(optimizer, with_validation=True)
 
+  def _unlabelled_loss(self, index):
+    """VAT's or MixMatch's loss on this replica's share of a U batch, as a
+    share of the global mean (`gradmix_tf/semi_supervised.py`)."""
+    from gradmix_tf import semi_supervised  # pylint: disable=g-import-not-at-top
+    config = self.config
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    start = replica * self.replica_batch
+    images = tf.cast(tf.gather(self.u_images,
+                               index[start:start + self.replica_batch]),
+                     tf.float32)
+    head = self.data.target_head
+    seed = tf.stack([tf.constant(int(config.seed) + 31, tf.int64),
+                     tf.cast(self.step, tf.int64)])
+
+    def model_fn(x):
+      return self.model(x, head=head, training=True)
+
+    if self.config.method == "gradmix_vat":
+      loss = semi_supervised.vat_loss(
+          model_fn, images, float(config.vat.xi), float(config.vat.epsilon),
+          seed, int(config.vat.power_iterations))
+    else:
+      mixmatch = config.mixmatch
+      ramp = tf.minimum(1.0, tf.cast(self.step, tf.float32)
+                        / float(max(int(mixmatch.rampup_steps), 1)))
+      images_v, labels_v = self._validation_images()
+      loss = semi_supervised.mixmatch_unlabelled_loss(
+          model_fn, tf.cast(images_v, tf.float32), labels_v,
+          self.data.num_classes_per_head[head], images, seed,
+          weight=float(mixmatch.lambda_u) * ramp,
+          augmentations=int(mixmatch.augmentations),
+          temperature=float(mixmatch.temperature),
+          alpha=float(mixmatch.alpha), max_shift=int(mixmatch.max_shift))
+    return loss * (self.replica_batch / self.global_batch)
+
   def _gradmix_step(self, optimizer):
     def step(indices):
       with tf.GradientTape(persistent=True) as tape:
         losses = self._source_losses(indices)
+        if self.config.method in UNLABELLED_SOURCE:
+          losses.append(self._unlabelled_loss(indices[-1]))
         val_loss = self._validation_loss()
       source_grads = [tape.gradient(loss, self.variables) for loss in losses]
       val_grads = tape.gradient(val_loss, self.variables)
       del tape
       stats = optimizer.apply_gradmix(source_grads, val_grads, self.variables)
       out = self._loss_stats(losses)
+      if self.config.method in UNLABELLED_SOURCE:
+        out[f"loss/{UNLABELLED_SOURCE[self.config.method]}"] = losses[-1]
       out["loss/validation"] = val_loss
       out.update(stats)
       return out
