@@ -59,6 +59,12 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
+  # Ensemble pseudo-labels (gradmix_hard_label, gradmix_soft_label;
+  # gradmix_tf/pipeline.py). The paper's grid is beta 5..10 x gamma
+  # 0..0.8 by 0.1; a 2 x 2 grid keeps a run within an hour on 2 CPU cores.
+  config.pseudo_label = ml_collections.ConfigDict(dict(
+      betas=(5.0, 10.0), gammas=(0.3, 0.6), members=3, threshold=0.8,
+      v_per_class=100, stage1_steps=0))   # 0: config.steps
   # Unlabelled losses as one more GradMix source (gradmix_vat,
   # gradmix_mixmatch; gradmix_tf/semi_supervised.py). Perturbations are in
   # units of [0, 1] pixels; epsilon 2.0 is VAT's MNIST setting. xi is 1e-3,

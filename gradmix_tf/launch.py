@@ -82,15 +82,18 @@ def train(config, workdir):
     data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
-    from gradmix_tf import dctn, mdda, mme  # pylint: disable=g-import-not-at-top
+    from gradmix_tf import dctn, mdda, mme, pipeline  # pylint: disable=g-import-not-at-top
     baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
                  "dctn": dctn.DCTNTrainer}
     trainer_class = baselines.get(config.method, Trainer)
-    if config.method not in Trainer.methods + tuple(baselines):
-      raise ConfigError(
-          f"unknown method {config.method!r}: choose one of "
-          f"{', '.join(Trainer.methods + tuple(baselines))}")
+    known = Trainer.methods + pipeline.METHODS + tuple(baselines)
+    if config.method not in known:
+      raise ConfigError(f"unknown method {config.method!r}: choose one of "
+                        f"{', '.join(known)}")
     data = build_experiment(config, seed=int(config.seed), k=int(config.k))
+    if config.method in pipeline.METHODS:
+      return pipeline.run_pseudo_label_pipeline(config, data, workdir,
+                                                strategy)
     trainer = trainer_class(config, data, workdir, strategy=strategy)
   metrics = trainer.run()
   if config.export_dir and trainer.is_chief:

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf import models
+from gradmix_tf import pseudo_labels
 from gradmix_tf.evaluation import video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.errors import ConfigError, TrainingError
@@ -315,8 +316,14 @@ class Trainer:
       index = index[start:start + self.replica_batch]
       logits = self.model(self._augment_source(tf.gather(images, index)),
                           head=head, training=True)
-      losses.append(cross_entropy(tf.gather(labels, index), logits,
-                                  self.global_batch))
+      if labels.dtype.is_floating:
+        # Soft pseudo-labels [N, C]: KL(p_model || y) (paper section 3.5).
+        losses.append(pseudo_labels.soft_label_loss(
+            logits, tf.gather(labels, index))
+                      * (self.replica_batch / self.global_batch))
+      else:
+        losses.append(cross_entropy(tf.gather(labels, index), logits,
+                                    self.global_batch))
     return losses
 
   def _video_clips(self, config, data):

@@ -1,0 +1,184 @@
+"""GradMix with ensemble pseudo-labels (paper 3.5): stage 1, labels, stage 2.
+
+`run_pseudo_label_pipeline(config, data, workdir)` for the methods
+`gradmix_hard_label` and `gradmix_soft_label`:
+
+1. **Stage 1** (`<workdir>/stage1/beta<b>_gamma<g>/`): one GradMix run per
+   `(beta, gamma)` of `pseudo_label.betas x pseudo_label.gammas`
+   (`pseudo_label.stage1_steps` steps, default `steps`). Their hyper-
+   validation and test accuracies are written as the paper's Table 2
+   (`stage1/grid.md`, `grid.json`; rows beta, columns gamma).
+2. **Labels**: the top `R` (`pseudo_label.members`) runs by H accuracy label
+   U (`gradmix_tf/pseudo_labels.py`): `pseudo_labels.npz` (hard indices and
+   labels, soft labels) and `pseudo_labels.json` (members, threshold,
+   counts per class, and the accuracy of the labels against U's hidden
+   labels, for reporting only).
+3. **Stage 2** (`<workdir>/stage2/`): GradMix from scratch on the sources,
+   `S_u` as one more source on the target head (hard: the hard-labelled
+   images, cross-entropy; soft: every image of U, `KL(p_model || y_soft)`),
+   and V enlarged to `pseudo_label.v_per_class` (100) per class with
+   hard-labelled images (the paper adds them "from S_u"; they stay in it).
+
+Every stage resumes: a finished run (its `metrics.json`) is not rerun, an
+interrupted one continues from its checkpoint, and the labels are made once.
+`<workdir>/metrics.json` is stage 2's metrics with the grid and the labels'
+provenance added.
+"""
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from gradmix_tf import models
+from gradmix_tf import pseudo_labels
+from gradmix_tf.data.experiment import SourceData
+from gradmix_tf.errors import ConfigError, DataError
+from gradmix_tf.files import write_json_atomically
+
+METHODS = ("gradmix_hard_label", "gradmix_soft_label")
+
+
+def _run(config, data, workdir, strategy, trainer_class):
+  path = os.path.join(workdir, "metrics.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  return trainer_class(config, data, workdir, strategy=strategy).run()
+
+
+def _with(config, **fields):
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def grid_table(results, betas, gammas):
+  """Table 2's layout: H / test accuracy (%) per beta (rows), gamma."""
+  lines = ["| beta \\ gamma | " + " | ".join(f"{g:g}" for g in gammas) + " |",
+           "|" + "---|" * (len(gammas) + 1)]
+  by_cell = {(r["beta"], r["gamma"]): r for r in results}
+  for beta in betas:
+    cells = []
+    for gamma in gammas:
+      r = by_cell[(beta, gamma)]
+      cells.append(f"{100 * r['hyperval_accuracy']:.2f} / "
+                   f"{100 * r['test_accuracy']:.2f}")
+    lines.append(f"| {beta:g} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\n(cells: H accuracy / test accuracy, %)\n"
+
+
+def _member_probabilities(config, data, member_dirs):
+  """`[R, |U|, C]` target-head softmax of each member's final weights."""
+  outputs = []
+  for directory in member_dirs:
+    model = models.build_model(config.model, tuple(config.input_shape),
+                               data.num_classes_per_head)
+    latest = tf.train.latest_checkpoint(os.path.join(directory,
+                                                     "checkpoints"))
+    if latest is None:
+      raise ConfigError(f"stage-1 run {directory} has no checkpoint; delete "
+                        "it to retrain it")
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    images = data.u[0]
+    outputs.append(np.concatenate([
+        tf.nn.softmax(model(tf.constant(images[i:i + 500]),
+                            head=data.target_head)).numpy()
+        for i in range(0, len(images), 500)]))
+  return np.stack(outputs)
+
+
+def _save_labels(workdir, hard_index, hard_label, soft, record):
+  path = os.path.join(workdir, "pseudo_labels.npz")
+  partial = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(partial, hard_index=hard_index, hard_label=hard_label, soft=soft)
+  os.replace(partial, path)
+  write_json_atomically(os.path.join(workdir, "pseudo_labels.json"), record)
+
+
+def stage2_data(data, hard_index, hard_label, soft, soft_source, v_per_class,
+                seed):
+  """Stage 2's experiment: `S_u` added, V enlarged (module docstring)."""
+  num_classes = data.num_classes_per_head[data.target_head]
+  add = pseudo_labels.enlarge_validation(data.v[1], hard_label, num_classes,
+                                         v_per_class, seed)
+  v = (np.concatenate([data.v[0], data.u[0][hard_index[add]]]),
+       np.concatenate([data.v[1], hard_label[add]]).astype(np.int64))
+  if soft_source:
+    pseudo = SourceData("pseudo_labels", data.u[0], soft, data.target_head)
+  else:
+    if not len(hard_index):
+      raise DataError(
+          "no image of U got a hard pseudo-label (every member's argmax "
+          "and probability >= pseudo_label.threshold); lower the threshold "
+          "or use gradmix_soft_label")
+    pseudo = SourceData("pseudo_labels", data.u[0][hard_index], hard_label,
+                        data.target_head)
+  return dataclasses.replace(data, sources=data.sources + (pseudo,), v=v)
+
+
+def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
+  """Runs (or resumes) the three stages; returns the final metrics."""
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  if config.method not in METHODS:
+    raise ConfigError(f"the pseudo-label pipeline runs {METHODS}, not "
+                      f"{config.method!r}")
+  settings = config.pseudo_label
+  betas = [float(b) for b in settings.betas]
+  gammas = [float(g) for g in settings.gammas]
+  members = int(settings.members)
+  if not 1 <= members <= len(betas) * len(gammas):
+    raise ConfigError(
+        f"pseudo_label.members={members} must be between 1 and the "
+        f"{len(betas) * len(gammas)} models of the (beta, gamma) grid")
+  if not len(data.u[1]):
+    raise ConfigError("pseudo-labels need unlabelled target images (U is "
+                      "empty)")
+  stage1 = os.path.join(workdir, "stage1")
+  steps = int(settings.stage1_steps) or int(config.steps)
+  results = []
+  for beta in betas:
+    for gamma in gammas:
+      run_dir = os.path.join(stage1, f"beta{beta:g}_gamma{gamma:g}")
+      metrics = _run(_with(config, method="gradmix", beta=beta, gamma=gamma,
+                           steps=steps), data, run_dir, strategy, Trainer)
+      results.append({"beta": beta, "gamma": gamma, "dir": run_dir,
+                      "hyperval_accuracy": metrics["hyperval_accuracy"],
+                      "test_accuracy": metrics["test_accuracy"]})
+  write_json_atomically(os.path.join(stage1, "grid.json"), results)
+  with open(os.path.join(stage1, "grid.md"), "w") as f:
+    f.write(grid_table(results, betas, gammas))
+  ranked = sorted(results, key=lambda r: -r["hyperval_accuracy"])[:members]
+
+  labels_path = os.path.join(workdir, "pseudo_labels.npz")
+  if not os.path.isfile(labels_path):
+    probs = _member_probabilities(config, data, [r["dir"] for r in ranked])
+    hard_index, hard_label = pseudo_labels.hard_labels(
+        probs, float(settings.threshold))
+    soft = pseudo_labels.soft_labels(probs)
+    record = pseudo_labels.provenance(
+        hard_index, hard_label, soft, data.u[1],
+        [os.path.relpath(r["dir"], workdir) for r in ranked],
+        float(settings.threshold),
+        data.num_classes_per_head[data.target_head])
+    _save_labels(workdir, hard_index, hard_label, soft, record)
+  with np.load(labels_path) as archive:
+    hard_index, hard_label, soft = (archive["hard_index"],
+                                    archive["hard_label"], archive["soft"])
+  with open(os.path.join(workdir, "pseudo_labels.json")) as f:
+    record = json.load(f)
+
+  data2 = stage2_data(data, hard_index, hard_label, soft,
+                      config.method == "gradmix_soft_label",
+                      int(settings.v_per_class), int(config.seed))
+  metrics = _run(_with(config, method="gradmix"), data2,
+                 os.path.join(workdir, "stage2"), strategy, Trainer)
+  metrics = dict(metrics, method=config.method, stage1=results,
+                 pseudo_labels=record,
+                 stage2_examples=metrics.get("num_examples"))
+  write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
+  return metrics

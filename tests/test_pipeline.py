@@ -1,0 +1,111 @@
+"""The pseudo-label pipeline: stage-2 data, the three stages, resumption."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config, tiny_data
+from gradmix_tf import pipeline
+from gradmix_tf.errors import DataError
+from gradmix_tf.trainer import Trainer
+
+
+def _config(method, **overrides):
+  config = tiny_config(method=method, steps=4, **overrides)
+  config.pseudo_label.betas = (5.0, 10.0)
+  config.pseudo_label.gammas = (0.6,)
+  config.pseudo_label.members = 2
+  config.pseudo_label.threshold = 0.0      # tiny random data: label all
+  config.pseudo_label.v_per_class = 4
+  return config
+
+
+def test_stage2_data_hard_and_soft():
+  data = tiny_data()                      # V: 2 per class of 3; U: 10
+  hard_index = np.array([0, 1, 2, 3, 4, 5])
+  hard_label = np.array([0, 0, 0, 1, 2, 2])
+  soft = np.full((10, 3), 1 / 3, np.float32)
+  hard = pipeline.stage2_data(data, hard_index, hard_label, soft, False, 4, 0)
+  # V: +2 of class 0 (of 3), +1 of class 1, +2 of class 2 -> 4, 3, 4.
+  assert np.bincount(hard.v[1]).tolist() == [4, 3, 4]
+  pseudo = hard.sources[-1]
+  assert pseudo.name == "pseudo_labels" and pseudo.head == data.target_head
+  np.testing.assert_array_equal(pseudo.y, hard_label)
+  np.testing.assert_array_equal(pseudo.x, data.u[0][hard_index])
+  soft_data = pipeline.stage2_data(data, hard_index, hard_label, soft, True,
+                                   4, 0)
+  assert soft_data.sources[-1].y.shape == (10, 3)
+  assert soft_data.sources[-1].y.dtype == np.float32
+  np.testing.assert_array_equal(soft_data.v[1], hard.v[1])
+  with pytest.raises(DataError, match="hard pseudo-label"):
+    pipeline.stage2_data(data, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                         soft, False, 4, 0)
+
+
+def test_soft_labels_train_with_kl(tmp_path):
+  data = tiny_data()
+  soft = np.random.default_rng(0).dirichlet(np.ones(3), 10).astype(
+      np.float32)
+  data2 = pipeline.stage2_data(data, np.array([0]), np.array([1]), soft,
+                               True, 2, 0)
+  trainer = Trainer(tiny_config(method="gradmix", steps=2), data2,
+                    str(tmp_path))
+  metrics = trainer.run()
+  assert metrics["num_examples"]["pseudo_labels"] == 10
+
+
+@pytest.mark.parametrize("method", pipeline.METHODS)
+def test_pipeline_runs_all_stages(tmp_path, method):
+  metrics = pipeline.run_pseudo_label_pipeline(_config(method), tiny_data(),
+                                               str(tmp_path))
+  assert metrics["method"] == method
+  assert len(metrics["stage1"]) == 2
+  record = metrics["pseudo_labels"]
+  assert record["num_hard"] == 10 and len(record["members"]) == 2
+  assert 0.0 <= record["hard_accuracy"] <= 1.0
+  assert os.path.isfile(tmp_path / "stage1" / "grid.md")
+  with open(tmp_path / "metrics.json") as f:
+    assert json.load(f)["method"] == method
+  # The members are the best two by H accuracy.
+  ranked = sorted(metrics["stage1"], key=lambda r: -r["hyperval_accuracy"])
+  assert record["members"] == [os.path.relpath(r["dir"], str(tmp_path))
+                               for r in ranked[:2]]
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_pipeline_resumes_in_stage2(tmp_path, monkeypatch):
+  config = _config("gradmix_hard_label")
+  whole = pipeline.run_pseudo_label_pipeline(config, tiny_data(),
+                                             str(tmp_path / "whole"))
+  original = Trainer._check_health
+
+  def check(self, phase, stats, step):
+    if self.workdir.endswith("stage2") and step == 4:
+      raise _Interrupted()
+    original(self, phase, stats, step)
+
+  monkeypatch.setattr(Trainer, "_check_health", check)
+  with pytest.raises(_Interrupted):
+    pipeline.run_pseudo_label_pipeline(config, tiny_data(),
+                                       str(tmp_path / "resumed"))
+  monkeypatch.undo()
+  runs = []
+  original_run = Trainer.run
+
+  def counting_run(self):
+    runs.append(self.workdir)
+    return original_run(self)
+
+  monkeypatch.setattr(Trainer, "run", counting_run)
+  resumed = pipeline.run_pseudo_label_pipeline(config, tiny_data(),
+                                               str(tmp_path / "resumed"))
+  # Only stage 2 ran again, from its checkpoint at step 3.
+  assert [os.path.basename(r) for r in runs] == ["stage2"]
+  assert resumed["resumed_from_step"] == 3
+  assert resumed["test_accuracy"] == whole["test_accuracy"]
+  assert resumed["hyperval_curve"] == whole["hyperval_curve"]
