@@ -81,6 +81,7 @@ class DCTNTrainer(Trainer):
   """The `Trainer` loop with DCTN's classifiers, discriminators and step."""
 
   methods = METHODS
+  single_device_only = True
 
   def _build_model(self):
     # One classifier per source (its label space), not per label space.

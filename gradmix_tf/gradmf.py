@@ -45,7 +45,9 @@ Choices the paper leaves open, and ours:
   `G_s <- G_t` (`r = 0`).
 * `K = 1` and no angle threshold by default; no adaptive learning rate
   (`eta = 1`) unless asked. The reported cosines (and `rho`) are those of the
-  turned `G_s` with `G_t`.
+  turned `G_s` with `G_t`; in global mode every mixed layer reports the one
+  global cosine, so `rho` (a sum over layers) is that cosine times the
+  number of mixed layers (`rho_reduction="mean"` gives the cosine).
 """
 
 import keras

@@ -191,6 +191,7 @@ class HolisticTrainer(Trainer):
   """
 
   methods = METHODS
+  single_device_only = True
 
   def __init__(self, config, data, workdir, strategy=None):
     classes = data.head_classes[0]
@@ -212,9 +213,6 @@ class HolisticTrainer(Trainer):
           f"holistic.leave_out must be between 0 and {len(self.seen) - 1}, "
           f"got {leave_out}")
     super().__init__(config, data, workdir, strategy)
-    if self.replicas != 1:
-      raise ConfigError("holistic transfer runs on one device; use "
-                        "--config.distribution=default")
 
   def _prediction(self, images):
     """Softmax of the logits with the unseen-class shift added."""

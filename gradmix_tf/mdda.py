@@ -181,6 +181,7 @@ class MDDATrainer(Trainer):
   """The `Trainer` loop with MDDA's network and step."""
 
   methods = METHODS
+  single_device_only = True
 
   def _build_model(self):
     model_config = self.config.model

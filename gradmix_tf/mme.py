@@ -79,6 +79,7 @@ class MMETrainer(Trainer):
   """The `Trainer` loop with MME's model (cosine target head) and step."""
 
   methods = METHODS
+  single_device_only = True
 
   def _build_model(self):
     target = self.data.target_head

@@ -162,6 +162,8 @@ class Trainer:
   """
 
   methods = METHODS
+  # Subclasses whose steps are written for one device set this.
+  single_device_only = False
 
   def __init__(self, config, data, workdir, strategy=None):
     if config.method not in self.methods:
@@ -173,6 +175,10 @@ class Trainer:
     self.workdir = workdir
     self.strategy = strategy or tf.distribute.get_strategy()
     self.replicas = self.strategy.num_replicas_in_sync
+    if self.single_device_only and self.replicas > 1:
+      raise ConfigError(
+          f"method {config.method} runs on one device; use "
+          "--config.distribution=default")
     self.global_batch = int(config.batch_size)
     if self.global_batch % self.replicas:
       raise ConfigError(

@@ -72,3 +72,18 @@ def test_trainer_runs_mme_on_the_target_source_only(tmp_path):
   assert 0.0 <= metrics["test_accuracy"] <= 1.0
   # The other label space's head is never trained.
   np.testing.assert_array_equal(trainer.model.head_1.kernel.numpy(), head_1)
+
+
+def test_baselines_refuse_several_replicas(tmp_path):
+  from gradmix_tf import dctn, mdda  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
+  class TwoReplicas:   # all the trainer reads before refusing
+    num_replicas_in_sync = 2
+
+  for trainer_class, method in ((mme.MMETrainer, "mme"),
+                                (mdda.MDDATrainer, "mdda"),
+                                (dctn.DCTNTrainer, "dctn")):
+    with pytest.raises(ConfigError, match="one device"):
+      trainer_class(tiny_config(method=method), tiny_data(), str(tmp_path),
+                    strategy=TwoReplicas())
