@@ -41,19 +41,30 @@ def default_workdir(config):
 
 
 def prepare_workdir(workdir, config):
-  """Creates the workdir; refuses one that holds a run of another config."""
+  """Creates the workdir; refuses one that holds a run of another config.
+
+  A field present in this version's config but absent from the stored one
+  (a run started before the field existed) is not a conflict: the run
+  resumes, the field's value is logged and added to `config.json`. Every
+  field the stored run has must match exactly.
+  """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   resolved = json.loads(config.to_json_best_effort())
   if os.path.isfile(path):
     with open(path) as f:
       previous = json.load(f)
-    if previous != resolved:
-      changed = sorted(key for key in set(previous) | set(resolved)
-                       if previous.get(key) != resolved.get(key))
+    changed = sorted(key for key in previous
+                     if previous[key] != resolved.get(key))
+    if changed:
       raise ConfigError(
           f"{workdir} holds a run with a different config (fields "
           f"{', '.join(changed)}); use a new --workdir or delete it")
+    added = sorted(set(resolved) - set(previous))
+    if added:
+      logging.info("%s was started before fields %s existed; resuming with "
+                   "their current values", workdir, ", ".join(added))
+      write_json_atomically(path, resolved, sort_keys=True)
     return
   write_json_atomically(path, resolved, sort_keys=True)
 

@@ -158,3 +158,25 @@ def test_other_methods_run_from_the_launcher(shared_data, tmp_path, name,
   assert 0.0 <= metrics["test_accuracy"] <= 1.0
   if name == "holistic_digits":
     assert set(metrics["holistic"]) >= {"overall", "seen", "unseen"}
+
+
+def test_workdir_from_an_older_version_resumes_and_records_new_fields(
+    tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.launch import prepare_workdir  # pylint: disable=g-import-not-at-top
+  # A run started before the `vat` section existed.
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump({"method": "gradmix", "k": 2}, f)
+  config = ml_collections.ConfigDict(
+      {"method": "gradmix", "k": 2, "vat": {"xi": 1e-3}})
+  prepare_workdir(str(tmp_path), config)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f) == {"method": "gradmix", "k": 2, "vat": {"xi": 1e-3}}
+  # From now on the new field is part of the run: changing it is refused,
+  # as is changing or dropping a field the run always had.
+  for fields in ({"method": "gradmix", "k": 2, "vat": {"xi": 1e-6}},
+                 {"method": "gradmix", "k": 5, "vat": {"xi": 1e-3}},
+                 {"method": "gradmix", "vat": {"xi": 1e-3}}):
+    with pytest.raises(ConfigError, match="different config"):
+      prepare_workdir(str(tmp_path), ml_collections.ConfigDict(fields))
