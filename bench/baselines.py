@@ -71,8 +71,9 @@ w/ VAT / MixMatch mix the unlabelled loss on a U batch as a third source
 0.5, alpha 0.75, lambda_u 100 ramped over 1000 steps). GradMix w/ hard /
 soft label: stage 1 is a 2 x 2 grid (beta 5, 10 x gamma 0.3, 0.6) of
 GradMix runs, the top 3 by H label U, stage 2 trains with S_u and V
-enlarged to 100 per class (`gradmix_tf/pipeline.py`; each pipeline is 5
-runs of {steps} steps). A row with fewer seeds than the others ran out of
+enlarged to 100 per class (`gradmix_tf/pipeline.py`; the two pipelines of a
+seed and k share one stage-1 grid in `<runs>/stage1/`: 4 + 1 + 1 runs of
+{steps} steps). A row with fewer seeds than the others ran out of
 machine time; "seeds" counts the runs per k.
 
 {table}
@@ -102,8 +103,13 @@ def main():
     for seed in seeds:
       for k in ks:
         for method in args.methods.split(","):
+          extra = []
+          if method in ("gradmix_hard_label", "gradmix_soft_label"):
+            # Hard and soft labels come from one shared stage-1 grid.
+            extra = ["--config.pseudo_label.stage1_dir=" + os.path.join(
+                args.runs_dir, "stage1", f"k{k}_seed{seed}")]
           status = table1.run_one(args.runs_dir, method, k, seed, args.steps,
-                                  [])
+                                  extra)
           print(f"seed {seed} k={k} {method}: {status}", flush=True)
   write_report(args, seeds, ks)
 

@@ -5,11 +5,14 @@ with `get_config()` returning an `ml_collections.ConfigDict`; they start
 from `base_config()` here.
 """
 
+import json
 import os
 
+from absl import logging
 import ml_collections
 
 from gradmix_tf.errors import ConfigError
+from gradmix_tf.files import write_json_atomically
 
 DATA_DIR_ENV = "GRADMIX_DATA_DIR"
 CACHE_DIR_ENV = "GRADMIX_CACHE_DIR"
@@ -64,7 +67,11 @@ def base_config():
   # 0..0.8 by 0.1; a 2 x 2 grid keeps a run within an hour on 2 CPU cores.
   config.pseudo_label = ml_collections.ConfigDict(dict(
       betas=(5.0, 10.0), gammas=(0.3, 0.6), members=3, threshold=0.8,
-      v_per_class=100, stage1_steps=0))   # 0: config.steps
+      v_per_class=100, stage1_steps=0,    # 0: config.steps
+      # "" = <workdir>/stage1. A shared directory lets pipelines on the same
+      # data, k and seed (hard and soft labels, an R ablation) train the
+      # grid once; run them one after another, not at the same time.
+      stage1_dir=""))
   # Unlabelled losses as one more GradMix source (gradmix_vat,
   # gradmix_mixmatch; gradmix_tf/semi_supervised.py). Perturbations are in
   # units of [0, 1] pixels; epsilon 2.0 is VAT's MNIST setting. xi is 1e-3,
@@ -188,3 +195,32 @@ def config_path(name):
         f"{', '.join(available_configs()) or '(none found)'} "
         f"(files in {configs_dir()})")
   return path
+
+
+def prepare_workdir(workdir, config):
+  """Creates the workdir; refuses one that holds a run of another config.
+
+  A field present in this version's config but absent from the stored one
+  (a run started before the field existed) is not a conflict: the run
+  resumes, the field's value is logged and added to `config.json`. Every
+  field the stored run has must match exactly.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  resolved = json.loads(config.to_json_best_effort())
+  if os.path.isfile(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = sorted(key for key in previous
+                     if previous[key] != resolved.get(key))
+    if changed:
+      raise ConfigError(
+          f"{workdir} holds a run with a different config (fields "
+          f"{', '.join(changed)}); use a new --workdir or delete it")
+    added = sorted(set(resolved) - set(previous))
+    if added:
+      logging.info("%s was started before fields %s existed; resuming with "
+                   "their current values", workdir, ", ".join(added))
+      write_json_atomically(path, resolved, sort_keys=True)
+    return
+  write_json_atomically(path, resolved, sort_keys=True)

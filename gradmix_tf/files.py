@@ -15,3 +15,11 @@ def write_json_atomically(path, payload, sort_keys=False):
   with open(partial, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=sort_keys)
   os.replace(partial, path)
+
+
+def write_text_atomically(path, text):
+  """Writes `text` like `write_json_atomically`: all of it or nothing."""
+  partial = f"{path}.tmp{os.getpid()}"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)

@@ -13,7 +13,6 @@ TensorBoard logs under `tb/`, and `metrics.json` at the end. Bad input ends
 with one `error:` line and exit status 2.
 """
 
-import json
 import os
 import sys
 
@@ -24,7 +23,6 @@ from ml_collections import config_flags
 
 from gradmix_tf import config_lib
 from gradmix_tf.errors import ConfigError, UserError
-from gradmix_tf.files import write_json_atomically
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config name in configs/ or path to a config file.",
@@ -40,35 +38,6 @@ def default_workdir(config):
                       f"{config.method}_k{config.k}_seed{config.seed}")
 
 
-def prepare_workdir(workdir, config):
-  """Creates the workdir; refuses one that holds a run of another config.
-
-  A field present in this version's config but absent from the stored one
-  (a run started before the field existed) is not a conflict: the run
-  resumes, the field's value is logged and added to `config.json`. Every
-  field the stored run has must match exactly.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  resolved = json.loads(config.to_json_best_effort())
-  if os.path.isfile(path):
-    with open(path) as f:
-      previous = json.load(f)
-    changed = sorted(key for key in previous
-                     if previous[key] != resolved.get(key))
-    if changed:
-      raise ConfigError(
-          f"{workdir} holds a run with a different config (fields "
-          f"{', '.join(changed)}); use a new --workdir or delete it")
-    added = sorted(set(resolved) - set(previous))
-    if added:
-      logging.info("%s was started before fields %s existed; resuming with "
-                   "their current values", workdir, ", ".join(added))
-      write_json_atomically(path, resolved, sort_keys=True)
-    return
-  write_json_atomically(path, resolved, sort_keys=True)
-
-
 def train(config, workdir):
   """Builds the data and trains; returns the metrics dict."""
   # Imported here so `--help` and config errors do not wait for TensorFlow.
@@ -78,7 +47,7 @@ def train(config, workdir):
   config = config_lib.resolve(config)
   strategy = distribute.make_strategy(config)
   workdir = workdir or default_workdir(config)
-  prepare_workdir(workdir, config)
+  config_lib.prepare_workdir(workdir, config)
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)

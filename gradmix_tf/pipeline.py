@@ -3,11 +3,16 @@
 `run_pseudo_label_pipeline(config, data, workdir)` for the methods
 `gradmix_hard_label` and `gradmix_soft_label`:
 
-1. **Stage 1** (`<workdir>/stage1/beta<b>_gamma<g>/`): one GradMix run per
+1. **Stage 1** (`<stage1>/beta<b>_gamma<g>/`): one GradMix run per
    `(beta, gamma)` of `pseudo_label.betas x pseudo_label.gammas`
-   (`pseudo_label.stage1_steps` steps, default `steps`). Their hyper-
-   validation and test accuracies are written as the paper's Table 2
-   (`stage1/grid.md`, `grid.json`; rows beta, columns gamma).
+   (`pseudo_label.stage1_steps` steps, default `steps`). `<stage1>` is
+   `pseudo_label.stage1_dir`, default `<workdir>/stage1`. A stage-1 run's
+   config is the pipeline's with `method=gradmix`, its beta, gamma and
+   steps, and no `pseudo_label` section, so pipelines that differ only in
+   labelling (hard or soft, `members`, `threshold`, `v_per_class`) share
+   its runs. Their hyper-validation and test accuracies are written as the
+   paper's Table 2 (`<workdir>/grid.md`, `grid.json`; rows beta, columns
+   gamma).
 2. **Labels**: the top `R` (`pseudo_label.members`) runs by H accuracy label
    U (`gradmix_tf/pseudo_labels.py`): `pseudo_labels.npz` (hard indices and
    labels, soft labels) and `pseudo_labels.json` (members, threshold,
@@ -33,16 +38,20 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import config_lib
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf.data.experiment import SourceData
 from gradmix_tf.errors import ConfigError, DataError
-from gradmix_tf.files import write_json_atomically
+from gradmix_tf.files import write_json_atomically, write_text_atomically
 
 METHODS = ("gradmix_hard_label", "gradmix_soft_label")
 
 
 def _run(config, data, workdir, strategy, trainer_class):
+  """Runs one stage, or reads its metrics if it finished; a workdir of
+  another config (a shared stage-1 directory of other data) is refused."""
+  config_lib.prepare_workdir(workdir, config)
   path = os.path.join(workdir, "metrics.json")
   if os.path.isfile(path):
     with open(path) as f:
@@ -138,20 +147,23 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
   if not len(data.u[1]):
     raise ConfigError("pseudo-labels need unlabelled target images (U is "
                       "empty)")
-  stage1 = os.path.join(workdir, "stage1")
+  stage1 = settings.stage1_dir or os.path.join(workdir, "stage1")
   steps = int(settings.stage1_steps) or int(config.steps)
+  member_config = _with(config, method="gradmix", steps=steps)
+  del member_config["pseudo_label"]
   results = []
   for beta in betas:
     for gamma in gammas:
       run_dir = os.path.join(stage1, f"beta{beta:g}_gamma{gamma:g}")
-      metrics = _run(_with(config, method="gradmix", beta=beta, gamma=gamma,
-                           steps=steps), data, run_dir, strategy, Trainer)
+      metrics = _run(_with(member_config, beta=beta, gamma=gamma), data,
+                     run_dir, strategy, Trainer)
       results.append({"beta": beta, "gamma": gamma, "dir": run_dir,
                       "hyperval_accuracy": metrics["hyperval_accuracy"],
                       "test_accuracy": metrics["test_accuracy"]})
-  write_json_atomically(os.path.join(stage1, "grid.json"), results)
-  with open(os.path.join(stage1, "grid.md"), "w") as f:
-    f.write(grid_table(results, betas, gammas))
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomically(os.path.join(workdir, "grid.json"), results)
+  write_text_atomically(os.path.join(workdir, "grid.md"),
+                        grid_table(results, betas, gammas))
   ranked = sorted(results, key=lambda r: -r["hyperval_accuracy"])[:members]
 
   labels_path = os.path.join(workdir, "pseudo_labels.npz")

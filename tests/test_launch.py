@@ -164,7 +164,7 @@ def test_workdir_from_an_older_version_resumes_and_records_new_fields(
     tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.launch import prepare_workdir  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.config_lib import prepare_workdir  # pylint: disable=g-import-not-at-top
   # A run started before the `vat` section existed.
   with open(tmp_path / "config.json", "w") as f:
     json.dump({"method": "gradmix", "k": 2}, f)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_config, tiny_data
 from gradmix_tf import pipeline
-from gradmix_tf.errors import DataError
+from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.trainer import Trainer
 
 
@@ -65,7 +65,8 @@ def test_pipeline_runs_all_stages(tmp_path, method):
   record = metrics["pseudo_labels"]
   assert record["num_hard"] == 10 and len(record["members"]) == 2
   assert 0.0 <= record["hard_accuracy"] <= 1.0
-  assert os.path.isfile(tmp_path / "stage1" / "grid.md")
+  assert os.path.isfile(tmp_path / "grid.md")
+  assert os.path.isdir(tmp_path / "stage1" / "beta5_gamma0.6")
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f)["method"] == method
   # The members are the best two by H accuracy.
@@ -109,3 +110,35 @@ def test_pipeline_resumes_in_stage2(tmp_path, monkeypatch):
   assert resumed["resumed_from_step"] == 3
   assert resumed["test_accuracy"] == whole["test_accuracy"]
   assert resumed["hyperval_curve"] == whole["hyperval_curve"]
+
+
+def test_pipelines_share_a_stage1_directory(tmp_path, monkeypatch):
+  shared = str(tmp_path / "stage1_shared")
+  hard = _config("gradmix_hard_label")
+  hard.pseudo_label.stage1_dir = shared
+  pipeline.run_pseudo_label_pipeline(hard, tiny_data(),
+                                     str(tmp_path / "hard"))
+  runs = []
+  original_run = Trainer.run
+
+  def counting_run(self):
+    runs.append(self.workdir)
+    return original_run(self)
+
+  monkeypatch.setattr(Trainer, "run", counting_run)
+  # Soft labels from one member (R = 1): only stage 2 trains.
+  soft = _config("gradmix_soft_label")
+  soft.pseudo_label.stage1_dir = shared
+  soft.pseudo_label.members = 1
+  metrics = pipeline.run_pseudo_label_pipeline(soft, tiny_data(),
+                                               str(tmp_path / "soft"))
+  assert runs == [str(tmp_path / "soft" / "stage2")]
+  best = max(metrics["stage1"], key=lambda r: r["hyperval_accuracy"])
+  assert metrics["pseudo_labels"]["members"] == [
+      os.path.relpath(best["dir"], str(tmp_path / "soft"))]
+  # A stage-1 directory trained on another seed is refused, not reused.
+  other = _config("gradmix_hard_label", seed=1)
+  other.pseudo_label.stage1_dir = shared
+  with pytest.raises(ConfigError, match="different config"):
+    pipeline.run_pseudo_label_pipeline(other, tiny_data(),
+                                       str(tmp_path / "other"))
