@@ -9,6 +9,8 @@ beside the paper's numbers (its SVHN setting).
 """
 
 import argparse
+import glob
+import json
 import os
 
 import table1
@@ -44,6 +46,13 @@ def write_report(args, seeds, ks):
       counts.append(str(len(runs)))
     rows.append(f"| {label} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")
+  for k in ks:
+    for seed in seeds:   # the shared stage-1 grids of the label pipelines
+      for path in glob.glob(os.path.join(args.runs_dir, "stage1",
+                                         f"k{k}_seed{seed}", "*",
+                                         "metrics.json")):
+        with open(path) as f:
+          minutes += json.load(f)["wall_seconds"] / 60.0
   command = (f"python bench/baselines.py --seeds={','.join(map(str, seeds))}"
              f" --ks={','.join(map(str, ks))} --steps={args.steps}")
   text = TEMPLATE.format(table="\n".join(rows), command=command,
