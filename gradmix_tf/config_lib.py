@@ -204,6 +204,8 @@ def prepare_workdir(workdir, config):
   (a run started before the field existed) is not a conflict: the run
   resumes, the field's value is logged and added to `config.json`. Every
   field the stored run has must match exactly.
+
+  Returns True when this call wrote a new `config.json` (a fresh run).
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -222,5 +224,21 @@ def prepare_workdir(workdir, config):
       logging.info("%s was started before fields %s existed; resuming with "
                    "their current values", workdir, ", ".join(added))
       write_json_atomically(path, resolved, sort_keys=True)
-    return
+    return False
   write_json_atomically(path, resolved, sort_keys=True)
+  return True
+
+
+def forget_unstarted_run(workdir):
+  """Removes the `config.json` of a run that wrote no checkpoint or metrics.
+
+  Called when a fresh run stops on bad input (an unknown method, k too
+  large for the data, missing files): the workdir then does not pin the
+  rejected config, and the corrected command can use it.
+  """
+  for _, _, files in os.walk(workdir):
+    if "checkpoint" in files or "metrics.json" in files:
+      return
+  path = os.path.join(workdir, "config.json")
+  if os.path.isfile(path):
+    os.remove(path)

@@ -39,15 +39,29 @@ def default_workdir(config):
 
 
 def train(config, workdir):
-  """Builds the data and trains; returns the metrics dict."""
+  """Builds the data and trains; returns the metrics dict.
+
+  Bad input found after the workdir was made (an unknown method, data that
+  cannot give k shots) leaves no `config.json` behind in a fresh workdir.
+  """
   # Imported here so `--help` and config errors do not wait for TensorFlow.
   from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(config)
   strategy = distribute.make_strategy(config)
   workdir = workdir or default_workdir(config)
-  config_lib.prepare_workdir(workdir, config)
+  fresh = config_lib.prepare_workdir(workdir, config)
+  try:
+    return _train_in(config, workdir, strategy)
+  except UserError:
+    if fresh:
+      config_lib.forget_unstarted_run(workdir)
+    raise
+
+
+def _train_in(config, workdir, strategy):
+  """Dispatches on the config's experiment and method, trains, exports."""
+  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)

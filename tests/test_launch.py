@@ -94,6 +94,24 @@ def test_bad_input_is_one_line(shared_data, tmp_path, override, fragment):
               f"--config.data_dir={shared_data}", f"--workdir={tmp_path}"),
       fragment)
   assert not os.path.exists(tmp_path / "metrics.json")
+  # Nothing pins the rejected config: the corrected command may use the
+  # workdir.
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_forget_unstarted_run_keeps_a_started_one(tmp_path):
+  from gradmix_tf.config_lib import forget_unstarted_run  # pylint: disable=g-import-not-at-top
+  (tmp_path / "config.json").write_text("{}")
+  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints").mkdir(
+      parents=True)
+  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints" /
+   "checkpoint").write_text("")
+  forget_unstarted_run(str(tmp_path))
+  assert (tmp_path / "config.json").exists()     # a run to resume
+  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints" /
+   "checkpoint").unlink()
+  forget_unstarted_run(str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
 
 
 def test_corrupt_npz_source(shared_data, tmp_path):
