@@ -197,10 +197,32 @@ def config_path(name):
   return path
 
 
+# Config sections that only some methods read. A run records and compares
+# only the sections of its own method, so that changing, say, MixMatch's
+# lambda_u does not orphan finished VAT runs or the shared stage-1 grids.
+METHOD_SECTIONS = {
+    "vat": ("gradmix_vat",),
+    "mixmatch": ("gradmix_mixmatch",),
+    "pseudo_label": ("gradmix_hard_label", "gradmix_soft_label"),
+    "mme": ("mme",),
+    "mdda": ("mdda",),
+    "dctn": ("dctn",),
+    "gradmf": ("gradmf",),
+}
+
+
+def unused_sections(method):
+  """The sections of `METHOD_SECTIONS` that `method` does not read."""
+  return {section for section, methods in METHOD_SECTIONS.items()
+          if method not in methods}
+
+
 def prepare_workdir(workdir, config):
   """Creates the workdir; refuses one that holds a run of another config.
 
-  A field present in this version's config but absent from the stored one
+  `config.json` holds the resolved config without the sections of other
+  methods (`METHOD_SECTIONS`); such sections in a stored run (runs from
+  before this rule) are not compared. A field present in this version's config but absent from the stored one
   (a run started before the field existed) is not a conflict: the run
   resumes, the field's value is logged and added to `config.json`. Every
   field the stored run has must match exactly.
@@ -209,12 +231,15 @@ def prepare_workdir(workdir, config):
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  resolved = json.loads(config.to_json_best_effort())
+  unused = unused_sections(config.get("method"))
+  resolved = {key: value
+              for key, value in json.loads(config.to_json_best_effort()).items()
+              if key not in unused}
   if os.path.isfile(path):
     with open(path) as f:
       previous = json.load(f)
-    changed = sorted(key for key in previous
-                     if previous[key] != resolved.get(key))
+    changed = sorted(key for key in previous if key not in unused
+                     and previous[key] != resolved.get(key))
     if changed:
       raise ConfigError(
           f"{workdir} holds a run with a different config (fields "

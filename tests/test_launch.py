@@ -185,16 +185,48 @@ def test_workdir_from_an_older_version_resumes_and_records_new_fields(
   from gradmix_tf.config_lib import prepare_workdir  # pylint: disable=g-import-not-at-top
   # A run started before the `vat` section existed.
   with open(tmp_path / "config.json", "w") as f:
-    json.dump({"method": "gradmix", "k": 2}, f)
+    json.dump({"method": "gradmix_vat", "k": 2}, f)
   config = ml_collections.ConfigDict(
-      {"method": "gradmix", "k": 2, "vat": {"xi": 1e-3}})
+      {"method": "gradmix_vat", "k": 2, "vat": {"xi": 1e-3}})
   prepare_workdir(str(tmp_path), config)
   with open(tmp_path / "config.json") as f:
-    assert json.load(f) == {"method": "gradmix", "k": 2, "vat": {"xi": 1e-3}}
+    assert json.load(f) == {"method": "gradmix_vat", "k": 2,
+                            "vat": {"xi": 1e-3}}
   # From now on the new field is part of the run: changing it is refused,
   # as is changing or dropping a field the run always had.
-  for fields in ({"method": "gradmix", "k": 2, "vat": {"xi": 1e-6}},
-                 {"method": "gradmix", "k": 5, "vat": {"xi": 1e-3}},
-                 {"method": "gradmix", "vat": {"xi": 1e-3}}):
+  for fields in ({"method": "gradmix_vat", "k": 2, "vat": {"xi": 1e-6}},
+                 {"method": "gradmix_vat", "k": 5, "vat": {"xi": 1e-3}},
+                 {"method": "gradmix_vat", "vat": {"xi": 1e-3}}):
     with pytest.raises(ConfigError, match="different config"):
       prepare_workdir(str(tmp_path), ml_collections.ConfigDict(fields))
+
+
+def test_a_run_records_and_compares_only_its_own_methods_sections(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.config_lib import prepare_workdir  # pylint: disable=g-import-not-at-top
+
+  def config(method, epsilon, lambda_u):
+    return ml_collections.ConfigDict(
+        {"method": method, "k": 2, "vat": {"epsilon": epsilon},
+         "mixmatch": {"lambda_u": lambda_u}})
+
+  vat_run, plain_run = str(tmp_path / "vat"), str(tmp_path / "plain")
+  assert prepare_workdir(vat_run, config("gradmix_vat", 1.0, 100.0))
+  with open(os.path.join(vat_run, "config.json")) as f:
+    assert json.load(f) == {"method": "gradmix_vat", "k": 2,
+                            "vat": {"epsilon": 1.0}}
+  # MixMatch's weight is no part of a VAT run; VAT's epsilon is.
+  assert not prepare_workdir(vat_run, config("gradmix_vat", 1.0, 10.0))
+  with pytest.raises(ConfigError, match="fields vat"):
+    prepare_workdir(vat_run, config("gradmix_vat", 2.0, 10.0))
+  # A run stored before the rule, with every section, still resumes when
+  # only another method's section changed.
+  os.makedirs(plain_run)
+  with open(os.path.join(plain_run, "config.json"), "w") as f:
+    json.dump({"method": "gradmix", "k": 2, "vat": {"epsilon": 2.0},
+               "mixmatch": {"lambda_u": 100.0}}, f)
+  assert not prepare_workdir(plain_run, config("gradmix", 1.0, 10.0))
+  with pytest.raises(ConfigError, match="fields k"):
+    prepare_workdir(plain_run, ml_collections.ConfigDict(
+        {"method": "gradmix", "k": 5}))
