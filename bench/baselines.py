@@ -76,8 +76,10 @@ discriminator per source, the perplexity-weighted cocktail as the target
 prediction, adversarial weight 0.1, pseudo-labels of U at confidence 0.9
 after step 500, SGD lr 0.05 momentum 0.9 (`gradmix_tf/dctn.py`). GradMix
 w/ VAT / MixMatch mix the unlabelled loss on a U batch as a third source
-(`gradmix_tf/semi_supervised.py`; VAT eps 2.0, xi 1e-3; MixMatch K 2, T
-0.5, alpha 0.75, lambda_u 100 ramped over 1000 steps). GradMix w/ hard /
+(`gradmix_tf/semi_supervised.py`; VAT eps 1.0, xi 1e-3; MixMatch K 2, T
+0.5, alpha 0.75, lambda_u 10 ramped over 1000 steps: the digits_mnistm
+values, chosen on H because the papers' eps 2.0 and lambda_u 100 kill or
+diverge the run here; see the reading below). GradMix w/ hard /
 soft label: stage 1 is a 2 x 2 grid (beta 5, 10 x gamma 0.3, 0.6) of
 GradMix runs, the top 3 by H label U, stage 2 trains with S_u and V
 enlarged to 100 per class (`gradmix_tf/pipeline.py`; the two pipelines of a

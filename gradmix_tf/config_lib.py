@@ -80,7 +80,8 @@ def base_config():
   config.vat = ml_collections.ConfigDict(dict(
       xi=1e-3, epsilon=2.0, power_iterations=1))
   # MixMatch: K, T, Beta(alpha), lambda_u as in its paper; its 16k-step
-  # ramp-up scaled to our 2000-step runs.
+  # ramp-up scaled to our 2000-step runs. Both papers set epsilon and
+  # lambda_u per dataset; configs/digits_mnistm.py sets its own.
   config.mixmatch = ml_collections.ConfigDict(dict(
       augmentations=2, temperature=0.5, alpha=0.75, lambda_u=100.0,
       rampup_steps=1000, max_shift=2))
