@@ -13,6 +13,8 @@ import glob
 import json
 import os
 
+import numpy as np
+
 import table1
 from report import replace_block  # pylint: disable=g-import-not-at-top
 
@@ -29,6 +31,71 @@ PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
          "gradmix_hard_label": {2: "96.02 ± 0.24", 5: "96.84 ± 0.20"},
          "gradmix_vat": {2: "96.23 ± 0.21", 5: "96.94 ± 0.20"},
          "gradmix_mixmatch": {2: "96.30 ± 0.23", 5: "97.02 ± 0.21"}}
+
+
+LABEL_PIPELINES = ("gradmix_hard_label", "gradmix_soft_label")
+
+
+def _pipeline_records(runs_dir, name, k, seeds):
+  """(seed, `name`) for each seed whose label pipeline wrote `name`
+  (grid.json or pseudo_labels.json).
+
+  Both pipelines of a seed share one stage-1 grid and so one labelling;
+  the first pipeline that wrote the file stands for the seed.
+  """
+  found = []
+  for seed in seeds:
+    for method in LABEL_PIPELINES:
+      path = os.path.join(table1.run_dir(runs_dir, method, k, seed), name)
+      if os.path.isfile(path):
+        with open(path) as f:
+          found.append((seed, json.load(f)))
+        break
+  return found
+
+
+def stage1_tables(runs_dir, seeds, ks):
+  """The reduced Table 2 (H / test accuracy of every stage-1 cell, mean over
+  seeds) and the quality of the ensemble's pseudo-labels, per k."""
+  lines = []
+  for k in ks:
+    grids = [grid for _, grid in
+             _pipeline_records(runs_dir, "grid.json", k, seeds)]
+    if not grids:
+      continue
+    betas = sorted({cell["beta"] for grid in grids for cell in grid})
+    gammas = sorted({cell["gamma"] for grid in grids for cell in grid})
+    lines += [f"Table 2 (reduced), k={k}, {len(grids)} seed(s): H accuracy / "
+              "test accuracy (%) after 2000 steps, mean over seeds", "",
+              "| beta \\ gamma | " + " | ".join(f"{g:g}" for g in gammas)
+              + " |", "|" + "---|" * (len(gammas) + 1)]
+    for beta in betas:
+      cells = []
+      for gamma in gammas:
+        hits = [cell for grid in grids for cell in grid
+                if cell["beta"] == beta and cell["gamma"] == gamma]
+        cells.append(
+            f"{100 * np.mean([c['hyperval_accuracy'] for c in hits]):.2f} / "
+            f"{100 * np.mean([c['test_accuracy'] for c in hits]):.2f}"
+            if hits else "–")
+      lines.append(f"| {beta:g} | " + " | ".join(cells) + " |")
+    lines.append("")
+  rows = []
+  for k in ks:
+    for seed, record in _pipeline_records(runs_dir, "pseudo_labels.json", k,
+                                          seeds):
+      rows.append(
+          f"| {k} | {seed} | {record['num_hard']} of {record['num_unlabelled']} | "
+          f"{100 * record['hard_accuracy']:.2f} | "
+          f"{100 * record['soft_argmax_accuracy']:.2f} |")
+  if rows:
+    lines += ["Pseudo-labels of U by the top 3 stage-1 models, one row per "
+              "seed (accuracy against U's true labels, which no run trains "
+              "on):", "",
+              "| k | seed | hard-labelled images | hard labels correct (%) | "
+              "soft-label argmax correct, all U (%) |", "|---|---|---|---|---|",
+              *rows, ""]
+  return "\n".join(lines)
 
 
 def write_report(args, seeds, ks):
@@ -56,6 +123,7 @@ def write_report(args, seeds, ks):
   command = (f"python bench/baselines.py --seeds={','.join(map(str, seeds))}"
              f" --ks={','.join(map(str, ks))} --steps={args.steps}")
   text = TEMPLATE.format(table="\n".join(rows), command=command,
+                         stage1=stage1_tables(args.runs_dir, seeds, ks),
                          minutes=minutes, steps=args.steps)
   replace_block(args.out, "baselines", text)
   print(text)
@@ -89,6 +157,7 @@ machine time; "seeds" counts the runs per k.
 
 {table}
 
+{stage1}
 Command (resumable; {minutes:.0f} minutes of training on the 2-core CPU
 machine):
 
