@@ -107,7 +107,7 @@ def write_report(args, seeds, ks):
     cells, counts = [], []
     for k in ks:
       runs = table1.load(args.runs_dir, method, k, seeds)
-      minutes += sum(r["wall_seconds"] for r in runs) / 60.0
+      minutes += sum(r.get("train_seconds", r["wall_seconds"]) for r in runs) / 60.0
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
                 table1.best_h_cell(runs), PAPER[method].get(k, "–")]
       counts.append(str(len(runs)))
@@ -119,7 +119,8 @@ def write_report(args, seeds, ks):
                                          f"k{k}_seed{seed}", "*",
                                          "metrics.json")):
         with open(path) as f:
-          minutes += json.load(f)["wall_seconds"] / 60.0
+          record = json.load(f)
+        minutes += record.get("train_seconds", record["wall_seconds"]) / 60.0
   command = (f"python bench/baselines.py --seeds={','.join(map(str, seeds))}"
              f" --ks={','.join(map(str, ks))} --steps={args.steps}")
   text = TEMPLATE.format(table="\n".join(rows), command=command,

@@ -52,7 +52,7 @@ def write_report(args, seeds, ks):
     found = [table1.load(args.runs_dir, name, k, seeds) for k in ks]
     if not any(found):
       continue
-    minutes += sum(r["wall_seconds"] for runs in found for r in runs) / 60.0
+    minutes += sum(r.get("train_seconds", r["wall_seconds"]) for runs in found for r in runs) / 60.0
     row(label, args.runs_dir, name)
   command = (f"python bench/gradmf.py --seeds={','.join(map(str, seeds))} "
              f"--ks={','.join(map(str, ks))} --steps={args.steps}")

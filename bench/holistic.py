@@ -62,7 +62,7 @@ def write_report(args, seeds):
       if os.path.isfile(path):
         with open(path) as f:
           runs.append(json.load(f))
-    minutes += sum(r["wall_seconds"] for r in runs) / 60.0
+    minutes += sum(r.get("train_seconds", r["wall_seconds"]) for r in runs) / 60.0
     cells = [mean_se([r["holistic"][c] for r in runs]) for c in COLUMNS]
     rows.append(f"| {LABELS[method]} | " + " | ".join(cells)
                 + f" | {len(runs)} |")

@@ -105,7 +105,7 @@ def write_report(args, seeds, ks):
     cells, counts = [], []
     for k in ks:
       runs = load(args.runs_dir, method, k, seeds)
-      minutes += sum(r["wall_seconds"] for r in runs) / 60.0 if (
+      minutes += sum(r.get("train_seconds", r["wall_seconds"]) for r in runs) / 60.0 if (
           method != "source_only" or k == ks[0]) else 0.0
       cells += [mean_se([r["test_accuracy"] for r in runs]),
                 best_h_cell(runs), PAPER[method].get(k, "–")]

@@ -210,9 +210,14 @@ class Trainer:
     trackables.update(self._extra_trackables())
     for phase in self.phases:
       phase["optimizer"].build(self.variables)
+    # Seconds spent in `run` over every invocation up to the last checkpoint
+    # (a resumed run's `train_seconds` counts its earlier invocations too).
+    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                     name="train_seconds")
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, step=self.step,
-        phases_finished=self.phases_finished, **trackables)
+        phases_finished=self.phases_finished,
+        train_seconds=self.train_seconds, **trackables)
     # Every worker saves (saving is collective); only the chief's copy is the
     # run's, the others keep theirs to resume from.
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -500,6 +505,7 @@ class Trainer:
       best = max(curve, key=lambda point: point[2])
       self.best_hyperval = (best[0], best[2])
     started = time.time()
+    self._seconds_at_start = (float(self.train_seconds.numpy()), started)
     step_seconds = []
     phase_start = 0
     for index, phase in enumerate(self.phases):
@@ -512,9 +518,9 @@ class Trainer:
         if phase.get("on_end") is not None:
           phase["on_end"]()
         self.phases_finished.assign(index + 1)
-        self.manager.save(checkpoint_number=phase_end)
+        self._save(phase_end)
       phase_start = phase_end
-    self.manager.save(checkpoint_number=self.total_steps)
+    self._save(self.total_steps)
     hyper_loss, hyper_acc = self.evaluate(*self.data.h)
     test_loss, test_acc = self.evaluate(*self.data.test)
     best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
@@ -535,7 +541,8 @@ class Trainer:
         "best_hyperval_step": best_step,
         "best_hyperval_accuracy": best_hyper_acc,
         "test_accuracy_at_best_hyperval": best_test_acc,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": time.time() - started,      # this invocation
+        "train_seconds": float(self.train_seconds.numpy()),   # all of them
         "resumed_from_step": start,
         "median_step_seconds": (float(np.median(step_seconds))
                                 if step_seconds else None),
@@ -610,8 +617,14 @@ class Trainer:
         if self.is_chief:
           self._save_curve(curve)
       if done % int(config.checkpoint_every) == 0:
-        self.manager.save(checkpoint_number=done)
+        self._save(done)
     writer.flush()
+
+  def _save(self, step):
+    """Checkpoints at `step`, with the training time so far."""
+    before, started = self._seconds_at_start
+    self.train_seconds.assign(before + time.time() - started)
+    self.manager.save(checkpoint_number=step)
 
   def _evaluate_best(self):
     """(step, H accuracy, test accuracy) of the best-H weights, if any."""

@@ -28,11 +28,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
   # "Interrupted" after 4 steps: a run whose last checkpoint is step 4 ...
   first = Trainer(_config(method=method, steps=4, finetune_steps=0), data,
                   str(tmp_path / "resumed"))
-  first.run()
+  first_metrics = first.run()
   # ... then the full run in the same workdir picks up from step 4.
   resumed = Trainer(_config(method=method), data, str(tmp_path / "resumed"))
   metrics = resumed.run()
   assert metrics["resumed_from_step"] == 4
+  # The training time adds up over the two invocations.
+  assert first_metrics["train_seconds"] <= first_metrics["wall_seconds"]
+  np.testing.assert_allclose(
+      metrics["train_seconds"],
+      first_metrics["train_seconds"] + metrics["wall_seconds"], atol=2.0)
+  assert metrics["train_seconds"] > metrics["wall_seconds"]
   for a, b in zip(whole.model.weights, resumed.model.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
