@@ -450,6 +450,9 @@ class Trainer:
           losses.append(self._unlabelled_loss(indices[-1]))
         val_loss = self._validation_loss()
       source_grads = [tape.gradient(loss, self.variables) for loss in losses]
+      if (self.config.method in UNLABELLED_SOURCE
+          and not self._unlabelled_settings().get("train_head", True)):
+        source_grads[-1] = self._without_target_head(source_grads[-1])
       val_grads = tape.gradient(val_loss, self.variables)
       del tape
       stats = optimizer.apply_gradmix(source_grads, val_grads, self.variables)
@@ -460,6 +463,18 @@ class Trainer:
       out.update(stats)
       return out
     return step
+
+  def _unlabelled_settings(self):
+    """The config section of this run's unlabelled loss (vat, mixmatch)."""
+    return self.config[UNLABELLED_SOURCE[self.config.method]]
+
+  def _without_target_head(self, grads):
+    """`grads` with None for the target head's variables (a source that
+    does not reach the head, like another label space's)."""
+    head = {v.path for v in
+            self.model.heads[self.data.target_head].trainable_variables}
+    return [None if v.path in head else g
+            for g, v in zip(grads, self.variables)]
 
   def _loss_stats(self, losses):
     return {f"loss/{s.name}": loss for s, loss in zip(self.data.sources, losses)}

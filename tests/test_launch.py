@@ -230,3 +230,20 @@ def test_a_run_records_and_compares_only_its_own_methods_sections(tmp_path):
   with pytest.raises(ConfigError, match="fields k"):
     prepare_workdir(plain_run, ml_collections.ConfigDict(
         {"method": "gradmix", "k": 5}))
+
+
+def test_a_field_new_in_a_section_resumes_and_a_changed_one_is_named(
+    tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.config_lib import prepare_workdir  # pylint: disable=g-import-not-at-top
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump({"method": "gradmix_vat", "vat": {"epsilon": 1.0}}, f)
+  current = {"method": "gradmix_vat",
+             "vat": {"epsilon": 1.0, "train_head": True}}
+  assert not prepare_workdir(str(tmp_path), ml_collections.ConfigDict(current))
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f) == current
+  current["vat"]["train_head"] = False
+  with pytest.raises(ConfigError, match=r"fields vat\.train_head\)"):
+    prepare_workdir(str(tmp_path), ml_collections.ConfigDict(current))

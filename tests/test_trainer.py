@@ -108,3 +108,33 @@ def test_best_hyperval_weights_are_the_ones_evaluated(tmp_path):
       "best_hyperval_accuracy"]
   assert trainer.evaluate(*trainer.data.test)[1] == metrics[
       "test_accuracy_at_best_hyperval"]
+
+
+def _head_step(tmp_path, train_head, epsilon):
+  """The target head's change over one gradmix_vat step."""
+  config = _config(method="gradmix_vat", steps=1, finetune_steps=0)
+  config.vat.train_head = train_head
+  config.vat.epsilon = epsilon
+  data = _data()
+  trainer = Trainer(config, data, str(tmp_path / f"{train_head}_{epsilon}"))
+  head = trainer.model.heads[data.target_head].trainable_variables
+  before = np.concatenate([v.numpy().ravel() for v in head])
+  trainer.run()
+  return np.concatenate([v.numpy().ravel() for v in head]) - before
+
+
+def test_vat_without_train_head_leaves_the_head_to_the_labelled_sources(
+    tmp_path):
+  # Without the VAT gradient the head moves along the labelled sources'
+  # head gradient alone, which VAT's strength cannot change: two runs that
+  # differ only in epsilon move it in the same direction (the mix and eta
+  # may scale the step). With the VAT gradient the direction changes. (At
+  # initialisation VAT's gradient is small, hence the large epsilon.)
+  def cosine(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+  weak, strong = (_head_step(tmp_path, False, eps) for eps in (0.5, 300.0))
+  assert np.linalg.norm(weak) > 0
+  np.testing.assert_allclose(cosine(weak, strong), 1.0, atol=1e-5)
+  with_vat = _head_step(tmp_path, True, 300.0)
+  assert cosine(strong, with_vat) < 1.0 - 1e-3
