@@ -24,6 +24,16 @@ METHODS = {"mme": "MME (S1, V, U)", "mdda": "MDDA (S1, S2, V, U)",
            "gradmix_hard_label": "GradMix w/ hard label",
            "gradmix_vat": "GradMix w/ VAT",
            "gradmix_mixmatch": "GradMix w/ MixMatch"}
+# Variants: (method, extra flags), each in its own folder and row.
+VARIANTS = {
+    "gradmix_vat_nohead": ("gradmix_vat", ["--config.vat.train_head=False"]),
+    "gradmix_mixmatch_nohead": ("gradmix_mixmatch",
+                                ["--config.mixmatch.train_head=False"]),
+}
+METHODS.update({
+    "gradmix_vat_nohead": "GradMix w/ VAT, VAT not on the head",
+    "gradmix_mixmatch_nohead": "GradMix w/ MixMatch, MixMatch not on the head",
+})
 PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
          "mdda": {2: "90.23 ± 0.40", 5: "91.85 ± 0.31"},
          "dctn": {2: "91.81 ± 0.26", 5: "92.97 ± 0.37"},
@@ -85,7 +95,8 @@ def stage1_tables(runs_dir, seeds, ks):
     for seed, record in _pipeline_records(runs_dir, "pseudo_labels.json", k,
                                           seeds):
       rows.append(
-          f"| {k} | {seed} | {record['num_hard']} of {record['num_unlabelled']} | "
+          f"| {k} | {seed} | "
+          f"{record['num_hard']} of {record['num_unlabelled']} | "
           f"{100 * record['hard_accuracy']:.2f} | "
           f"{100 * record['soft_argmax_accuracy']:.2f} |")
   if rows:
@@ -107,9 +118,10 @@ def write_report(args, seeds, ks):
     cells, counts = [], []
     for k in ks:
       runs = table1.load(args.runs_dir, method, k, seeds)
-      minutes += sum(r.get("train_seconds", r["wall_seconds"]) for r in runs) / 60.0
+      minutes += sum(r.get("train_seconds", r["wall_seconds"])
+                     for r in runs) / 60.0
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
-                table1.best_h_cell(runs), PAPER[method].get(k, "–")]
+                table1.best_h_cell(runs), PAPER.get(method, {}).get(k, "–")]
       counts.append(str(len(runs)))
     rows.append(f"| {label} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")
@@ -183,15 +195,16 @@ def main():
   if not args.report_only:
     for seed in seeds:
       for k in ks:
-        for method in args.methods.split(","):
-          extra = []
+        for name in args.methods.split(","):
+          method, flags = VARIANTS.get(name, (name, []))
           if method in ("gradmix_hard_label", "gradmix_soft_label"):
             # Hard and soft labels come from one shared stage-1 grid.
-            extra = ["--config.pseudo_label.stage1_dir=" + os.path.join(
-                args.runs_dir, "stage1", f"k{k}_seed{seed}")]
+            flags = flags + ["--config.pseudo_label.stage1_dir=" +
+                             os.path.join(args.runs_dir, "stage1",
+                                          f"k{k}_seed{seed}")]
           status = table1.run_one(args.runs_dir, method, k, seed, args.steps,
-                                  extra)
-          print(f"seed {seed} k={k} {method}: {status}", flush=True)
+                                  flags, variant=name)
+          print(f"seed {seed} k={k} {name}: {status}", flush=True)
   write_report(args, seeds, ks)
 
 

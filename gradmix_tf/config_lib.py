@@ -227,8 +227,9 @@ def prepare_workdir(workdir, config):
 
   `config.json` holds the resolved config without the sections of other
   methods (`METHOD_SECTIONS`); such sections in a stored run (runs from
-  before this rule) are not compared. A field present in this version's config but absent from the stored one
-  (a run started before the field existed) is not a conflict: the run
+  before this rule) are not compared. A field present in this version's
+  config but absent from the stored one, at the top or inside a section (a
+  run started before the field existed), is not a conflict: the run
   resumes, the field's value is logged and added to `config.json`. Every
   field the stored run has must match exactly.
 
