@@ -122,7 +122,9 @@ def write_report(args, seeds, ks):
                      for r in runs) / 60.0
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
                 table1.best_h_cell(runs), PAPER.get(method, {}).get(k, "–")]
-      counts.append(str(len(runs)))
+      diverged = table1.stopped(args.runs_dir, method, k, seeds)
+      counts.append(f"{len(runs)}" + (f" (+{len(diverged)} diverged)"
+                                      if diverged else ""))
     rows.append(f"| {label} | " + " | ".join(cells)
                 + f" | {'/'.join(counts)} |")
   for k in ks:
@@ -166,7 +168,9 @@ GradMix runs, the top 3 by H label U, stage 2 trains with S_u and V
 enlarged to 100 per class (`gradmix_tf/pipeline.py`; the two pipelines of a
 seed and k share one stage-1 grid in `<runs>/stage1/`: 4 + 1 + 1 runs of
 {steps} steps). A row with fewer seeds than the others ran out of
-machine time; "seeds" counts the runs per k.
+machine time; "seeds" counts the finished runs per k, and "diverged" the
+runs that training stopped after repeated non-finite gradients (not in
+the means; their error lines are in `<run>/stopped.json`).
 
 {table}
 

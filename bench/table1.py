@@ -73,6 +73,12 @@ def load(runs_dir, method, k, seeds):
   return found
 
 
+def stopped(runs_dir, method, k, seeds):
+  """Seeds whose run training stopped (diverged) instead of finishing."""
+  return [seed for seed in seeds
+          if runs.stopped_record(run_dir(runs_dir, method, k, seed))]
+
+
 def mean_se(values):
   values = 100.0 * np.asarray(values)
   if len(values) < 2:

@@ -10,7 +10,9 @@ r"""Launcher: `python -m gradmix_tf.launch --config=<name> [--workdir=<dir>]`.
 The workdir (default `runs/<config>/<method>_k<k>_seed<seed>`) receives the
 resolved `config.json`, checkpoints (a rerun resumes from the last one),
 TensorBoard logs under `tb/`, and `metrics.json` at the end. Bad input ends
-with one `error:` line and exit status 2.
+with one `error:` line and exit status 2; training that cannot go on
+(non-finite gradients step after step) ends with one `error:` line and exit
+status 3, so a script can tell a diverged run from a mistyped command.
 """
 
 import os
@@ -22,7 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from gradmix_tf import config_lib
-from gradmix_tf.errors import ConfigError, UserError
+from gradmix_tf.errors import ConfigError, TrainingError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config name in configs/ or path to a config file.",
@@ -31,6 +33,7 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default runs/<config>/<run name>).")
 
 EXIT_USER_ERROR = 2
+EXIT_TRAINING_STOPPED = 3
 
 
 def default_workdir(config):
@@ -102,6 +105,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     train(_CONFIG.value, _WORKDIR.value)
+  except TrainingError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(EXIT_TRAINING_STOPPED)
   except UserError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
