@@ -29,10 +29,13 @@ VARIANTS = {
     "gradmix_vat_nohead": ("gradmix_vat", ["--config.vat.train_head=False"]),
     "gradmix_mixmatch_nohead": ("gradmix_mixmatch",
                                 ["--config.mixmatch.train_head=False"]),
+    "gradmix_soft_label_kl_label_model": (
+        "gradmix_soft_label", ["--config.pseudo_label.soft_loss=label_model"]),
 }
 METHODS.update({
     "gradmix_vat_nohead": "GradMix w/ VAT, VAT not on the head",
     "gradmix_mixmatch_nohead": "GradMix w/ MixMatch, MixMatch not on the head",
+    "gradmix_soft_label_kl_label_model": "GradMix w/ soft label, KL(y ‖ p)",
 })
 PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
          "mdda": {2: "90.23 ± 0.40", 5: "91.85 ± 0.31"},

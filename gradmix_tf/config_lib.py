@@ -68,6 +68,9 @@ def base_config():
   config.pseudo_label = ml_collections.ConfigDict(dict(
       betas=(5.0, 10.0), gammas=(0.3, 0.6), members=3, threshold=0.8,
       v_per_class=100, stage1_steps=0,    # 0: config.steps
+      # Soft-label loss: "model_label" = KL(p_model || y), the paper's;
+      # "label_model" = KL(y || p_model) (gradmix_tf/pseudo_labels.py).
+      soft_loss="model_label",
       # "" = <workdir>/stage1. A shared directory lets pipelines on the same
       # data, k and seed (hard and soft labels, an R ablation) train the
       # grid once; run them one after another, not at the same time.

@@ -144,6 +144,11 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
     raise ConfigError(
         f"pseudo_label.members={members} must be between 1 and the "
         f"{len(betas) * len(gammas)} models of the (beta, gamma) grid")
+  if settings.get("soft_loss", "model_label") not in (
+      pseudo_labels.SOFT_LOSS_DIRECTIONS):
+    raise ConfigError(
+        f"pseudo_label.soft_loss={settings.soft_loss!r}: choose one of "
+        f"{', '.join(pseudo_labels.SOFT_LOSS_DIRECTIONS)}")
   if not len(data.u[1]):
     raise ConfigError("pseudo-labels need unlabelled target images (U is "
                       "empty)")

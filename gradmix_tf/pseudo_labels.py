@@ -6,7 +6,14 @@ Given the softmax outputs `probs [R, N, C]` of the top-R models on U:
   `c` and every model gives `c` probability >= `threshold` (0.8; equality
   counts);
 * **soft labels**: the mean of the R softmax outputs, for every image; the
-  training loss is `KL(p_model || y_soft)` (the paper's `D_KL(p_Theta, y)`).
+  training loss is `KL(p_model || y_soft)` (the paper's `D_KL(p_Theta, y)`,
+  `direction="model_label"`) or `KL(y_soft || p_model)`
+  (`"label_model"`: cross-entropy with soft targets less their entropy).
+  The first has a plateau the second lacks: where the model puts all its
+  mass on a class `c` the labels rule out, its gradient in the logits,
+  `p_j (log p_j - log y_j - KL)`, is 0 for every `j` (for `j = c`,
+  `log p_c = 0` and `KL = -log y_c`; elsewhere `p_j = 0`), so a confidently
+  wrong model is not pushed back; the second's gradient is `p - y`.
 
 `enlarge_validation` adds hard-labelled images to V until each class has
 `per_class` (100) images, never more, drawing by seed among that class's
@@ -37,12 +44,22 @@ def soft_labels(probs):
   return np.asarray(probs, np.float64).mean(0).astype(np.float32)
 
 
-def soft_label_loss(logits, soft_targets):
-  """`mean_batch KL(softmax(logits) || soft_targets)`."""
+SOFT_LOSS_DIRECTIONS = ("model_label", "label_model")
+
+
+def soft_label_loss(logits, soft_targets, direction="model_label"):
+  """`mean_batch KL(softmax(logits) || soft_targets)` ("model_label", the
+  paper's) or `mean_batch KL(soft_targets || softmax(logits))`
+  ("label_model"). Targets are floored at 1e-8 inside the logarithm."""
+  if direction not in SOFT_LOSS_DIRECTIONS:
+    raise ValueError(f"direction must be one of {SOFT_LOSS_DIRECTIONS}, got "
+                     f"{direction!r}")
   log_p = tf.nn.log_softmax(logits)
   targets = tf.maximum(tf.cast(soft_targets, log_p.dtype), 1e-8)
-  return tf.reduce_mean(tf.reduce_sum(
-      tf.exp(log_p) * (log_p - tf.math.log(targets)), -1))
+  log_y = tf.math.log(targets)
+  if direction == "label_model":
+    return tf.reduce_mean(tf.reduce_sum(targets * (log_y - log_p), -1))
+  return tf.reduce_mean(tf.reduce_sum(tf.exp(log_p) * (log_p - log_y), -1))
 
 
 def enlarge_validation(v_labels, hard_classes, num_classes, per_class=100,

@@ -173,6 +173,9 @@ class Trainer:
     self.config = config
     self.data = data
     self.workdir = workdir
+    # Only stage 2 of gradmix_soft_label has a soft-labelled source.
+    self._soft_loss_direction = str(
+        config.get("pseudo_label", {}).get("soft_loss", "model_label"))
     self.strategy = strategy or tf.distribute.get_strategy()
     self.replicas = self.strategy.num_replicas_in_sync
     if self.single_device_only and self.replicas > 1:
@@ -328,9 +331,10 @@ class Trainer:
       logits = self.model(self._augment_source(tf.gather(images, index)),
                           head=head, training=True)
       if labels.dtype.is_floating:
-        # Soft pseudo-labels [N, C]: KL(p_model || y) (paper section 3.5).
+        # Soft pseudo-labels [N, C]: KL(p_model || y) (paper section 3.5)
+        # or KL(y || p_model), per `pseudo_label.soft_loss`.
         losses.append(pseudo_labels.soft_label_loss(
-            logits, tf.gather(labels, index))
+            logits, tf.gather(labels, index), self._soft_loss_direction)
                       * (self.replica_batch / self.global_batch))
       else:
         losses.append(cross_entropy(tf.gather(labels, index), logits,

@@ -44,16 +44,26 @@ def test_stage2_data_hard_and_soft():
                          soft, False, 4, 0)
 
 
-def test_soft_labels_train_with_kl(tmp_path):
+@pytest.mark.parametrize("direction", ["model_label", "label_model"])
+def test_soft_labels_train_with_kl(tmp_path, direction):
   data = tiny_data()
   soft = np.random.default_rng(0).dirichlet(np.ones(3), 10).astype(
       np.float32)
   data2 = pipeline.stage2_data(data, np.array([0]), np.array([1]), soft,
                                True, 2, 0)
-  trainer = Trainer(tiny_config(method="gradmix", steps=2), data2,
-                    str(tmp_path))
+  config = tiny_config(method="gradmix", steps=2)
+  config.pseudo_label.soft_loss = direction
+  trainer = Trainer(config, data2, str(tmp_path))
+  assert trainer._soft_loss_direction == direction  # pylint: disable=protected-access
   metrics = trainer.run()
   assert metrics["num_examples"]["pseudo_labels"] == 10
+
+
+def test_an_unknown_soft_loss_is_refused(tmp_path):
+  config = _config("gradmix_soft_label")
+  config.pseudo_label.soft_loss = "cross_entropy"
+  with pytest.raises(ConfigError, match="pseudo_label.soft_loss"):
+    pipeline.run_pseudo_label_pipeline(config, tiny_data(), str(tmp_path))
 
 
 @pytest.mark.parametrize("method", pipeline.METHODS)

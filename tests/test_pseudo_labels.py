@@ -40,6 +40,53 @@ def test_soft_labels_and_loss_by_hand():
   assert float(loss) == pytest.approx(expected, abs=1e-6)
 
 
+def test_soft_loss_in_the_other_direction_by_hand():
+  # KL(y || p), y = (.7, .3), p = (1/4, 3/4): .7 ln(.7/.25) + .3 ln(.3/.75)
+  expected = 0.7 * np.log(0.7 / 0.25) + 0.3 * np.log(0.3 / 0.75)
+  loss = pseudo_labels.soft_label_loss(tf.constant([[0.0, np.log(3.0)]]),
+                                       tf.constant([[0.7, 0.3]]),
+                                       direction="label_model")
+  assert float(loss) == pytest.approx(expected, abs=1e-6)
+  with pytest.raises(ValueError, match="direction"):
+    pseudo_labels.soft_label_loss(tf.constant([[0.0, 0.0]]),
+                                  tf.constant([[0.5, 0.5]]), direction="x")
+
+
+def _logit_gradient(logits, targets, direction):
+  logits = tf.Variable(logits)
+  with tf.GradientTape() as tape:
+    loss = pseudo_labels.soft_label_loss(logits, tf.constant(targets),
+                                         direction)
+  return tape.gradient(loss, logits).numpy()
+
+
+def test_a_confidently_wrong_model_gets_no_gradient_from_the_papers_kl():
+  # The model puts (almost) all its mass on class 0, which the labels rule
+  # out. KL(p || y): gradient p_j (log p_j - log y_j - KL) -> 0; KL(y || p):
+  # gradient p - y = (1, -0.5, -0.5) up to the tiny off-class mass.
+  logits = [[30.0, 0.0, 0.0]]
+  targets = [[0.0, 0.5, 0.5]]
+  model_label = _logit_gradient(logits, targets, "model_label")
+  label_model = _logit_gradient(logits, targets, "label_model")
+  assert np.abs(model_label).max() < 1e-10
+  np.testing.assert_allclose(label_model, [[1.0, -0.5, -0.5]], atol=1e-6)
+  # Away from the plateau both directions agree with finite differences.
+  logits = np.array([[0.3, -0.2, 0.5]])
+  targets = np.array([[0.2, 0.5, 0.3]], np.float32)
+  for direction in pseudo_labels.SOFT_LOSS_DIRECTIONS:
+    analytic = _logit_gradient(logits, targets, direction)
+    numeric = np.zeros_like(logits)
+    for j in range(3):
+      step = np.zeros_like(logits)
+      step[0, j] = 1e-4
+      numeric[0, j] = (
+          float(pseudo_labels.soft_label_loss(tf.constant(logits + step),
+                                              targets, direction))
+          - float(pseudo_labels.soft_label_loss(tf.constant(logits - step),
+                                                targets, direction))) / 2e-4
+    np.testing.assert_allclose(analytic, numeric, atol=1e-6)
+
+
 def test_enlargement_takes_hard_labelled_images_up_to_the_cap():
   v_labels = np.array([0, 0, 1, 1, 2, 2])          # 2 per class in V
   hard_classes = np.array([0] * 150 + [1] * 50 + [3] * 5)
