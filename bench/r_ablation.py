@@ -61,6 +61,8 @@ def plot(found, path):
   figure, accuracy_axis = plt.subplots(figsize=(5, 3.2))
   accuracy_axis.plot(members, [100 * found[r]["test_accuracy"]
                                for r in members], "o-", label="test (final)")
+  accuracy_axis.plot(members, [100 * found[r]["test_accuracy_at_best_hyperval"]
+                               for r in members], "^:", label="test (best-H)")
   accuracy_axis.plot(members, [100 * found[r]["pseudo_labels"]
                                ["hard_accuracy"] for r in members], "s--",
                      label="pseudo-labels correct")

@@ -1,6 +1,8 @@
 """The results writer keeps what other sections of RESULTS.md hold."""
 
+import argparse
 import importlib.util
+import json
 import os
 import sys
 
@@ -80,3 +82,32 @@ def test_any_other_failed_run_ends_the_script(tmp_path):
   with pytest.raises(SystemExit, match=r"run failed \(2\)"):
     runs.launch(str(tmp_path / "run"), [], prefix)
   assert runs.stopped_record(str(tmp_path / "run")) is None
+
+
+def test_fig4_report_lists_every_r_and_draws_what_finished(tmp_path):
+  r_ablation = _load("r_ablation")
+  runs_dir = tmp_path / "runs"
+  finished = {1: (0.9288, 0.9422, 11138, 0.9509),
+              3: (0.8618, 0.9352, 7225, 0.9976)}
+  for members, (final, best_h, count, correct) in finished.items():
+    run = runs_dir / "k2_seed0" / f"R{members}"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "test_accuracy": final, "test_accuracy_at_best_hyperval": best_h,
+        "pseudo_labels": {"num_hard": count, "num_unlabelled": 13692,
+                          "hard_accuracy": correct}}))
+  out = tmp_path / "RESULTS.md"
+  out.write_text("# Results\n")
+  args = argparse.Namespace(
+      k=2, seed=0, betas="5.0,10.0", gammas="0.3,0.6,0.9", steps=2000,
+      runs_dir=str(runs_dir), png=str(tmp_path / "fig4.png"), out=str(out))
+  r_ablation.write_report(args, [1, 2, 3])
+  text = out.read_text()
+  assert "| 1 | 92.88 | 94.22 | 11138 of 13692 | 95.09 |" in text
+  assert "| 2 | – | – | – | – |" in text
+  assert "| 3 | 86.18 | 93.52 | 7225 of 13692 | 99.76 |" in text
+  assert "--members=1,2,3" in text
+  matplotlib = pytest.importorskip("matplotlib")
+  del matplotlib
+  assert (tmp_path / "fig4.png").stat().st_size > 0
+  assert "![R ablation](fig4.png)" in text
