@@ -49,6 +49,11 @@ def base_config():
   config.steps = 2000
   config.batch_size = 32           # per source
   config.lr = 0.05
+  # Linear warm-up of config.lr over this many optimizer steps (0 to lr,
+  # then constant; trainer.main_learning_rate). 0: the paper's constant
+  # rate. Opt-in: meant for runs whose unnormalised ReLU trunk dies in
+  # the first steps at lr 0.05 (docs/RESULTS.md).
+  config.lr_warmup_steps = 0
   config.momentum = 0.9
   config.finetune_lr = 0.005
   # Target only trains on V alone. At lr 0.05 (momentum 0.9) full-batch
@@ -165,6 +170,9 @@ def resolve(config):
     if int(config[field]) < 1:
       raise ConfigError(f"config.{field} must be at least 1, got "
                         f"{config[field]}")
+  if int(config.get("lr_warmup_steps", 0)) < 0:
+    raise ConfigError("config.lr_warmup_steps must be >= 0 (0: no warm-up), "
+                      f"got {config.lr_warmup_steps}")
   return config
 
 
