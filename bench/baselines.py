@@ -31,11 +31,22 @@ VARIANTS = {
                                 ["--config.mixmatch.train_head=False"]),
     "gradmix_soft_label_kl_label_model": (
         "gradmix_soft_label", ["--config.pseudo_label.soft_loss=label_model"]),
+    # Stage 2 warms the rate up over 200 steps; stage 1 is shared, unwarmed.
+    "gradmix_soft_label_warmup200": (
+        "gradmix_soft_label", ["--config.lr_warmup_steps=200",
+                               "--config.pseudo_label.stage1_lr_warmup_steps=0"]),
+    "gradmix_hard_label_warmup200": (
+        "gradmix_hard_label", ["--config.lr_warmup_steps=200",
+                               "--config.pseudo_label.stage1_lr_warmup_steps=0"]),
 }
 METHODS.update({
     "gradmix_vat_nohead": "GradMix w/ VAT, VAT not on the head",
     "gradmix_mixmatch_nohead": "GradMix w/ MixMatch, MixMatch not on the head",
     "gradmix_soft_label_kl_label_model": "GradMix w/ soft label, KL(y ‖ p)",
+    "gradmix_soft_label_warmup200":
+        "GradMix w/ soft label, stage 2 lr warm-up 200 steps",
+    "gradmix_hard_label_warmup200":
+        "GradMix w/ hard label, stage 2 lr warm-up 200 steps",
 })
 PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
          "mdda": {2: "90.23 ± 0.40", 5: "91.85 ± 0.31"},
