@@ -50,9 +50,10 @@ def base_config():
   config.batch_size = 32           # per source
   config.lr = 0.05
   # Linear warm-up of config.lr over this many optimizer steps (0 to lr,
-  # then constant; trainer.main_learning_rate). 0: the paper's constant
-  # rate. Opt-in: meant for runs whose unnormalised ReLU trunk dies in
-  # the first steps at lr 0.05 (docs/RESULTS.md).
+  # then constant; trainer.main_learning_rate) for every optimizer that
+  # trains at config.lr (not finetune_lr, target_lr or mme.lr). 0: the
+  # paper's constant rate. Opt-in: meant for runs whose unnormalised ReLU
+  # trunk dies in the first steps at lr 0.05 (docs/RESULTS.md).
   config.lr_warmup_steps = 0
   config.momentum = 0.9
   config.finetune_lr = 0.005
