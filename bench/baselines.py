@@ -43,10 +43,6 @@ METHODS.update({
     "gradmix_vat_nohead": "GradMix w/ VAT, VAT not on the head",
     "gradmix_mixmatch_nohead": "GradMix w/ MixMatch, MixMatch not on the head",
     "gradmix_soft_label_kl_label_model": "GradMix w/ soft label, KL(y ‖ p)",
-    "gradmix_soft_label_warmup200":
-        "GradMix w/ soft label, stage 2 lr warm-up 200 steps",
-    "gradmix_hard_label_warmup200":
-        "GradMix w/ hard label, stage 2 lr warm-up 200 steps",
 })
 PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
          "mdda": {2: "90.23 ± 0.40", 5: "91.85 ± 0.31"},
