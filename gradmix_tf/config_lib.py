@@ -49,6 +49,12 @@ def base_config():
   config.steps = 2000
   config.batch_size = 32           # per source
   config.lr = 0.05
+  # Linear warm-up of config.lr over this many optimizer steps (0 to lr,
+  # then constant; trainer.main_learning_rate) for every optimizer that
+  # trains at config.lr (not finetune_lr, target_lr or mme.lr). 0: the
+  # paper's constant rate. Opt-in: meant for runs whose unnormalised ReLU
+  # trunk dies in the first steps at lr 0.05 (docs/RESULTS.md).
+  config.lr_warmup_steps = 0
   config.momentum = 0.9
   config.finetune_lr = 0.005
   # Target only trains on V alone. At lr 0.05 (momentum 0.9) full-batch
@@ -68,6 +74,7 @@ def base_config():
   config.pseudo_label = ml_collections.ConfigDict(dict(
       betas=(5.0, 10.0), gammas=(0.3, 0.6), members=3, threshold=0.8,
       v_per_class=100, stage1_steps=0,    # 0: config.steps
+      stage1_lr_warmup_steps=-1,          # -1: config.lr_warmup_steps
       # Soft-label loss: "model_label" = KL(p_model || y), the paper's;
       # "label_model" = KL(y || p_model) (gradmix_tf/pseudo_labels.py).
       soft_loss="model_label",
@@ -165,6 +172,9 @@ def resolve(config):
     if int(config[field]) < 1:
       raise ConfigError(f"config.{field} must be at least 1, got "
                         f"{config[field]}")
+  if int(config.get("lr_warmup_steps", 0)) < 0:
+    raise ConfigError("config.lr_warmup_steps must be >= 0 (0: no warm-up), "
+                      f"got {config.lr_warmup_steps}")
   return config
 
 
@@ -232,8 +242,10 @@ def prepare_workdir(workdir, config):
   methods (`METHOD_SECTIONS`); such sections in a stored run (runs from
   before this rule) are not compared. A field present in this version's
   config but absent from the stored one, at the top or inside a section (a
-  run started before the field existed), is not a conflict: the run
-  resumes, the field's value is logged and added to `config.json`. Every
+  run started before the field existed, and so with the field's default in
+  `base_config()`), is not a conflict when its value is that default: the
+  run resumes, the field's value is logged and added to `config.json`. Any
+  other value is refused, as the run's steps so far did not use it. Every
   field the stored run has must match exactly.
 
   Returns True when this call wrote a new `config.json` (a fresh run).
@@ -249,7 +261,8 @@ def prepare_workdir(workdir, config):
       previous = json.load(f)
     previous = {key: value for key, value in previous.items()
                 if key not in unused}
-    changed, added = _compare_fields(previous, resolved)
+    defaults = json.loads(base_config().to_json_best_effort())
+    changed, added = _compare_fields(previous, resolved, defaults)
     if changed:
       raise ConfigError(
           f"{workdir} holds a run with a different config (fields "
@@ -263,22 +276,34 @@ def prepare_workdir(workdir, config):
   return True
 
 
-def _compare_fields(stored, current, prefix=""):
+def _compare_fields(stored, current, defaults, prefix=""):
   """(changed, added) dotted field names of `current` against `stored`.
 
   A field `stored` has is changed when `current` lacks it or differs;
   sections are compared field by field, so a field new in a section is
-  added, not changed.
+  added, not changed, unless `defaults` (the same nesting) has the field
+  with another value: the stored run ran with that default.
   """
   changed, added = [], []
   for key in sorted(set(stored) | set(current)):
     name = prefix + key
-    if key not in stored:
-      added.append(name)
+    default = defaults.get(key) if isinstance(defaults, dict) else None
+    if key not in stored and isinstance(current[key], dict):
+      inner_changed, inner_added = _compare_fields(
+          {}, current[key], default, name + ".")
+      changed += inner_changed
+      added += inner_added or [name]
+    elif key not in stored:
+      if isinstance(defaults, dict) and key in defaults and (
+          default != current[key]):
+        changed.append(f"{name} (the run predates it and used the default "
+                       f"{default!r})")
+      else:
+        added.append(name)
     elif (isinstance(stored[key], dict) and
           isinstance(current.get(key), dict)):
       inner_changed, inner_added = _compare_fields(
-          stored[key], current[key], name + ".")
+          stored[key], current[key], default, name + ".")
       changed += inner_changed
       added += inner_added
     elif stored[key] != current.get(key):

@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from gradmix_tf import models
 from gradmix_tf.trainer import Trainer, _apply_present
-from gradmix_tf.trainer import make_sgd
+from gradmix_tf.trainer import make_main_sgd
 
 METHODS = ("dctn",)
 
@@ -109,11 +109,11 @@ class DCTNTrainer(Trainer):
     features = int(config.model.units)
     for d in self.discriminators:
       d.build((None, features))
-    self.discriminator_optimizer = make_sgd(config, config.lr)
+    self.discriminator_optimizer = make_main_sgd(config)
     self.discriminator_optimizer.build(
         [v for d in self.discriminators for v in d.trainable_variables])
     self.u_images = tf.constant(self.data.u[0])
-    optimizer = make_sgd(config, config.lr)
+    optimizer = make_main_sgd(config)
     sizes = [len(s.y) for s in self.data.sources] + [len(self.data.u[1])]
     return [self._phase("dctn", int(config.steps), optimizer,
                         self._dctn_step(optimizer), index_sizes=sizes)]

@@ -66,7 +66,7 @@ from gradmix_tf.errors import ConfigError
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
 from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
-from gradmix_tf.trainer import make_sgd
+from gradmix_tf.trainer import make_main_sgd, make_sgd
 
 METHODS = ("source_only", "fine_tune", "frozen_classifier", "lolsgd",
            "distill", "gradmix_distill", "calibrated")
@@ -230,7 +230,7 @@ class HolisticTrainer(Trainer):
     self.unseen_shift = tf.Variable(0.0, trainable=False,
                                     name="unseen_logit_shift")
     phases = [self._phase("plain", int(holistic.pretrain_steps),
-                          make_sgd(config, config.lr),
+                          make_main_sgd(config),
                           on_end=self._keep_source_model)]
     if method == "source_only":
       return phases

@@ -40,7 +40,7 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
-from gradmix_tf.trainer import make_sgd
+from gradmix_tf.trainer import make_main_sgd
 
 METHODS = ("mdda",)
 
@@ -197,7 +197,7 @@ class MDDATrainer(Trainer):
       from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError("MDDA needs unlabelled target images (U is empty)")
     self.u_images = tf.constant(self.data.u[0])
-    optimizer = make_sgd(self.config, self.config.lr)
+    optimizer = make_main_sgd(self.config)
     sizes = [len(s.y) for s in self.data.sources] + [len(self.data.u[1])]
     return [self._phase("mdda", int(self.config.steps), optimizer,
                         self._mdda_step(optimizer), index_sizes=sizes)]

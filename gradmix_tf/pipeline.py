@@ -5,7 +5,10 @@
 
 1. **Stage 1** (`<stage1>/beta<b>_gamma<g>/`): one GradMix run per
    `(beta, gamma)` of `pseudo_label.betas x pseudo_label.gammas`
-   (`pseudo_label.stage1_steps` steps, default `steps`). `<stage1>` is
+   (`pseudo_label.stage1_steps` steps, default `steps`; learning-rate
+   warm-up `pseudo_label.stage1_lr_warmup_steps`, default
+   `lr_warmup_steps`, so that a stage 2 with warm-up can reuse stage-1 runs
+   trained without it). `<stage1>` is
    `pseudo_label.stage1_dir`, default `<workdir>/stage1`. A stage-1 run's
    config is the pipeline's with `method=gradmix`, its beta, gamma and
    steps, and no `pseudo_label` section, so pipelines that differ only in
@@ -154,7 +157,11 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
                       "empty)")
   stage1 = settings.stage1_dir or os.path.join(workdir, "stage1")
   steps = int(settings.stage1_steps) or int(config.steps)
-  member_config = _with(config, method="gradmix", steps=steps)
+  warmup = int(settings.get("stage1_lr_warmup_steps", -1))
+  if warmup < 0:
+    warmup = int(config.get("lr_warmup_steps", 0))
+  member_config = _with(config, method="gradmix", steps=steps,
+                        lr_warmup_steps=warmup)
   del member_config["pseudo_label"]
   results = []
   for beta in betas:

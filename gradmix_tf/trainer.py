@@ -120,8 +120,34 @@ def _apply_present(optimizer, grads, variables):
 
 
 def make_sgd(config, learning_rate):
-  return keras.optimizers.SGD(learning_rate=float(learning_rate),
+  """SGD with `config.momentum` at `learning_rate` (a rate or a schedule)."""
+  if not isinstance(learning_rate,
+                    keras.optimizers.schedules.LearningRateSchedule):
+    learning_rate = float(learning_rate)
+  return keras.optimizers.SGD(learning_rate=learning_rate,
                               momentum=float(config.momentum))
+
+
+def main_learning_rate(config):
+  """`config.lr`, warmed up linearly over `config.lr_warmup_steps` steps.
+
+  With `N = lr_warmup_steps > 0` the rate at optimizer step `t` (counted
+  from 0; a skipped GradMix step does not count) is `lr * min(t / N, 1)`:
+  Keras `CosineDecay` from 0 with `warmup_target=lr` and `alpha=1`, which
+  holds `lr` after the warm-up instead of decaying. GradMix's `eta` (Eq. 9)
+  multiplies this rate. `N = 0` (the default) is the paper's constant rate.
+  """
+  warmup_steps = int(config.get("lr_warmup_steps", 0))
+  if warmup_steps <= 0:
+    return float(config.lr)
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=0.0, decay_steps=1, alpha=1.0,
+      warmup_target=float(config.lr), warmup_steps=warmup_steps)
+
+
+def make_main_sgd(config):
+  """SGD at the main training rate (`main_learning_rate`)."""
+  return make_sgd(config, main_learning_rate(config))
 
 
 def make_gradmix(config, method):
@@ -129,7 +155,7 @@ def make_gradmix(config, method):
   if method == "gradmf":
     try:
       return GradMF(
-          make_sgd(config, config.lr),
+          make_main_sgd(config),
           steps=config.gradmf.steps,
           angle_threshold=config.gradmf.angle_threshold,
           mode=config.gradmf.mode,
@@ -139,7 +165,7 @@ def make_gradmix(config, method):
       raise ConfigError(f"config.gradmf: {err}") from None
   variant = GRADMIX_VARIANTS[method]
   return GradMix(
-      make_sgd(config, config.lr),
+      make_main_sgd(config),
       beta=config.beta,
       gamma=config.gamma,
       solver=variant["solver"] or config.solver,
@@ -247,13 +273,13 @@ class Trainer:
     if method == "target_only":
       return [self._phase("target", steps, make_sgd(config, config.target_lr))]
     if method in ("source_only", "fine_tune"):
-      phases = [self._phase("plain", steps, make_sgd(config, config.lr))]
+      phases = [self._phase("plain", steps, make_main_sgd(config))]
       if method == "fine_tune":
         phases.append(self._phase("target", int(config.finetune_steps),
                                   make_sgd(config, config.finetune_lr)))
       return phases
     if method == "joint":
-      return [self._phase("joint", steps, make_sgd(config, config.lr))]
+      return [self._phase("joint", steps, make_main_sgd(config))]
     if method in UNLABELLED_SOURCE:
       if not len(self.data.u[1]):
         raise ConfigError(f"{method} needs unlabelled target images (U is "

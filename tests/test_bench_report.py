@@ -111,3 +111,40 @@ def test_fig4_report_lists_every_r_and_draws_what_finished(tmp_path):
   del matplotlib
   assert (tmp_path / "fig4.png").stat().st_size > 0
   assert "![R ablation](fig4.png)" in text
+
+
+def test_warmup_report_pairs_each_run_with_its_unwarmed_twin(tmp_path):
+  warmup = _load("warmup")
+  baselines, r_ablation = tmp_path / "baselines", tmp_path / "r_ablation"
+  finished = {  # folder: (final, best-H)
+      baselines / "gradmix_soft_label" / "k2_seed0": (0.9142, 0.9300),
+      baselines / "gradmix_soft_label" / "k2_seed1": (0.2115, 0.2300),
+      baselines / "gradmix_soft_label_warmup200" / "k2_seed0": (0.9000, 0.92),
+      baselines / "gradmix_soft_label_warmup200" / "k2_seed1": (0.8800, 0.90),
+      r_ablation / "k2_seed0" / "R2": (0.1835, 0.1971)}
+  for run, (final, best_h) in finished.items():
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "test_accuracy": final, "test_accuracy_at_best_hyperval": best_h}))
+  out = tmp_path / "RESULTS.md"
+  out.write_text("# Results\n")
+  args = argparse.Namespace(seeds=[0, 1], steps=2000,
+                            baselines_dir=str(baselines),
+                            r_ablation_dir=str(r_ablation), out=str(out))
+  warmup.write_report(args)
+  text = out.read_text()
+  assert "| soft label | 1 | 21.15 | 23.00 | 88.00 | 90.00 |" in text
+  assert "| hard label | 0 | – | – | – | – |" in text
+  assert "| hard label, R = 2 (Fig. 4) | 0 | 18.35 | 19.71 | – | – |" in text
+  # Means only over seeds with both arms: (91.42, 21.15) and (90.0, 88.0).
+  assert ("| soft label, mean ± s.e. of the 2 seeds with both arms | | "
+          "56.28 ± 35.13 | 58.00 ± 35.00 | 89.00 ± 1.00 | 91.00 ± 1.00 |"
+          in text)
+  assert "hard label, mean" not in text
+  # The warmed-up R = 2 run goes where r_ablation.py's layout puts it, with
+  # r_ablation.py's flags and the warm-up's.
+  _, _, _, run, flags = warmup.cases(args)[-1]
+  assert run == str(tmp_path / "r_ablation_warmup200" / "k2_seed0" / "R2")
+  assert "--config.pseudo_label.members=2" in flags
+  assert "--config.lr_warmup_steps=200" in flags
+  assert "--config.pseudo_label.stage1_lr_warmup_steps=0" in flags

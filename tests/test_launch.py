@@ -216,6 +216,33 @@ def test_workdir_from_an_older_version_resumes_and_records_new_fields(
       prepare_workdir(str(tmp_path), ml_collections.ConfigDict(fields))
 
 
+def test_a_field_newer_than_the_run_must_keep_its_default(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.config_lib import prepare_workdir  # pylint: disable=g-import-not-at-top
+  # Runs started before `lr_warmup_steps` (default 0) and the section field
+  # `vat.train_head` (default True) existed trained without warm-up and
+  # with VAT on the head: other values would misrecord their first steps.
+  stored = {"method": "gradmix_vat", "k": 2, "vat": {"xi": 1e-3}}
+  for fields, culprit in (({"lr_warmup_steps": 200}, "lr_warmup_steps"),
+                          ({"vat": {"xi": 1e-3, "train_head": False}},
+                           "vat.train_head")):
+    run = tmp_path / culprit
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(stored))
+    config = ml_collections.ConfigDict(dict(stored, **fields))
+    with pytest.raises(ConfigError, match=culprit + r" \(the run predates it "
+                       r"and used the default (0|True)\)"):
+      prepare_workdir(str(run), config)
+    assert json.loads((run / "config.json").read_text()) == stored
+  # At their defaults they resume and are recorded.
+  config = ml_collections.ConfigDict(dict(
+      stored, lr_warmup_steps=0, vat={"xi": 1e-3, "train_head": True}))
+  assert not prepare_workdir(str(tmp_path / "lr_warmup_steps"), config)
+  assert json.loads((tmp_path / "lr_warmup_steps" / "config.json")
+                    .read_text())["lr_warmup_steps"] == 0
+
+
 def test_a_run_records_and_compares_only_its_own_methods_sections(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top

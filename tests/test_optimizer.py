@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from gradmix_tf import solvers
+from gradmix_tf.config_lib import base_config
 from gradmix_tf.optimizer import GradMix
+from gradmix_tf.trainer import make_main_sgd
 
 
 def _variables():
@@ -45,6 +47,32 @@ def test_single_step_by_hand():
   assert optimizer.mixed_layer_names == ["trunk"]
   assert int(optimizer.inner_optimizer.iterations) == 1
   assert int(optimizer.iterations) == 1
+
+
+def test_warmed_up_rate_is_multiplied_by_eta_by_hand():
+  # The gradients of test_single_step_by_hand (eta = 0.7310586 at every
+  # step) with lr 0.1 warmed up over 4 steps and no momentum: step t moves
+  # the trunk by 0.1 * (t / 4) * eta * (1/3, 2/3).
+  config = base_config()
+  config.lr, config.momentum, config.lr_warmup_steps = 0.1, 0.0, 4
+  variables = _variables()
+  optimizer = GradMix(make_main_sgd(config), beta=2.0, gamma=1.0)
+  source_grads = [[tf.constant([1.0, 0.0]), tf.constant([0.4]), None],
+                  [tf.constant([0.0, 1.0]), None, tf.constant([-0.2])]]
+  val_grads = [tf.constant([1.0, 2.0]), tf.constant([9.0]), None]
+  optimizer.apply_gradmix(source_grads, val_grads, variables)
+  # Step 0 runs at rate 0: nothing moves, but the step counts.
+  np.testing.assert_allclose(variables[0].numpy(), [1.0, 2.0], atol=1e-7)
+  assert int(optimizer.inner_optimizer.iterations) == 1
+  for _ in range(2):
+    stats = optimizer.apply_gradmix(source_grads, val_grads, variables)
+  assert float(stats["eta"]) == pytest.approx(0.7310586, abs=1e-6)
+  # Steps 1 and 2: 0.1 * 0.7310586 * (1 + 2) / 4 = 0.05482940;
+  # (1, 2) - 0.05482940 * (1/3, 2/3) = (0.9817235, 1.9634471).
+  np.testing.assert_allclose(variables[0].numpy(), [0.9817235, 1.9634471],
+                             atol=1e-6)
+  # head 0: 0.5 - 0.05482940 * 0.4 = 0.4780682
+  np.testing.assert_allclose(variables[1].numpy(), [0.4780682], atol=1e-6)
 
 
 def test_rho_mean_and_no_adaptive_rate():

@@ -146,6 +146,21 @@ def test_pipelines_share_a_stage1_directory(tmp_path, monkeypatch):
   best = max(metrics["stage1"], key=lambda r: r["hyperval_accuracy"])
   assert metrics["pseudo_labels"]["members"] == [
       os.path.relpath(best["dir"], str(tmp_path / "soft"))]
+  # Warm-up in stage 2 only reuses the stage-1 runs trained without it ...
+  del runs[:]
+  warm = _config("gradmix_hard_label", lr_warmup_steps=3)
+  warm.pseudo_label.stage1_dir = shared
+  warm.pseudo_label.stage1_lr_warmup_steps = 0
+  pipeline.run_pseudo_label_pipeline(warm, tiny_data(),
+                                     str(tmp_path / "warm"))
+  assert runs == [str(tmp_path / "warm" / "stage2")]
+  with open(tmp_path / "warm" / "stage2" / "config.json") as f:
+    assert json.load(f)["lr_warmup_steps"] == 3
+  # ... while by default stage 1 warms up too, which those runs did not.
+  warm.pseudo_label.stage1_lr_warmup_steps = -1
+  with pytest.raises(ConfigError, match="lr_warmup_steps"):
+    pipeline.run_pseudo_label_pipeline(warm, tiny_data(),
+                                       str(tmp_path / "warm_all"))
   # A stage-1 directory trained on another seed is refused, not reused.
   other = _config("gradmix_hard_label", seed=1)
   other.pseudo_label.stage1_dir = shared

@@ -8,8 +8,10 @@ import pytest
 
 from conftest import tiny_config as _config
 from conftest import tiny_data as _data
-from gradmix_tf.errors import TrainingError
+from gradmix_tf import config_lib
+from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.trainer import METHODS, Trainer, batch_indices
+from gradmix_tf.trainer import main_learning_rate
 
 
 def test_batch_indices_are_epoch_permutations_and_resume_consistently():
@@ -20,17 +22,53 @@ def test_batch_indices_are_epoch_permutations_and_resume_consistently():
   assert not np.array_equal(batch_indices(10, 4, [1, 1], 0, 10), full)
 
 
-@pytest.mark.parametrize("method", ["gradmix", "fine_tune"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
+def test_main_learning_rate_warms_up_linearly_then_holds():
+  rate = main_learning_rate(_config(lr=0.05, lr_warmup_steps=4))
+  # 0.05 * min(t / 4, 1)
+  np.testing.assert_allclose([float(rate(t)) for t in range(7)],
+                             [0.0, 0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05],
+                             rtol=1e-6)
+  assert main_learning_rate(_config(lr=0.05)) == 0.05
+
+
+def test_a_warmup_longer_than_the_run_barely_moves_the_weights(tmp_path):
+  # 6 steps of a 10**9-step ramp run at rates below 6e-9 * lr: the
+  # weights stay where they started, where without warm-up they move.
+  moved = {}
+  for warmup in (0, 10**9):
+    trainer = Trainer(_config(method="gradmix", lr_warmup_steps=warmup),
+                      _data(), str(tmp_path / str(warmup)))
+    start = [w.numpy().copy() for w in trainer.model.trainable_weights]
+    trainer.run()
+    moved[warmup] = max(float(np.max(np.abs(w.numpy() - s)))
+                        for w, s in zip(trainer.model.trainable_weights,
+                                        start))
+  assert moved[0] > 1e-3
+  assert moved[10**9] < 1e-6
+
+
+def test_negative_warmup_is_refused_when_the_config_resolves():
+  with pytest.raises(ConfigError, match="lr_warmup_steps must be >= 0"):
+    config_lib.resolve(_config(lr_warmup_steps=-1))
+
+
+@pytest.mark.parametrize("method,warmup", [("gradmix", 0), ("fine_tune", 0),
+                                           ("gradmix", 5)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, method, warmup):
+  # warmup 5 spans the interruption: the resumed steps must continue the
+  # ramp from the restored step count.
   data = _data()
-  whole = Trainer(_config(method=method), data, str(tmp_path / "whole"))
+  whole = Trainer(_config(method=method, lr_warmup_steps=warmup), data,
+                  str(tmp_path / "whole"))
   whole.run()
   # "Interrupted" after 4 steps: a run whose last checkpoint is step 4 ...
-  first = Trainer(_config(method=method, steps=4, finetune_steps=0), data,
+  first = Trainer(_config(method=method, steps=4, finetune_steps=0,
+                          lr_warmup_steps=warmup), data,
                   str(tmp_path / "resumed"))
   first_metrics = first.run()
   # ... then the full run in the same workdir picks up from step 4.
-  resumed = Trainer(_config(method=method), data, str(tmp_path / "resumed"))
+  resumed = Trainer(_config(method=method, lr_warmup_steps=warmup), data,
+                    str(tmp_path / "resumed"))
   metrics = resumed.run()
   assert metrics["resumed_from_step"] == 4
   # The training time adds up over the two invocations.
