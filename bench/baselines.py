@@ -31,13 +31,6 @@ VARIANTS = {
                                 ["--config.mixmatch.train_head=False"]),
     "gradmix_soft_label_kl_label_model": (
         "gradmix_soft_label", ["--config.pseudo_label.soft_loss=label_model"]),
-    # Stage 2 warms the rate up over 200 steps; stage 1 is shared, unwarmed.
-    "gradmix_soft_label_warmup200": (
-        "gradmix_soft_label", ["--config.lr_warmup_steps=200",
-                               "--config.pseudo_label.stage1_lr_warmup_steps=0"]),
-    "gradmix_hard_label_warmup200": (
-        "gradmix_hard_label", ["--config.lr_warmup_steps=200",
-                               "--config.pseudo_label.stage1_lr_warmup_steps=0"]),
 }
 METHODS.update({
     "gradmix_vat_nohead": "GradMix w/ VAT, VAT not on the head",
