@@ -49,6 +49,11 @@ PAPER = {"mme": {2: "90.25 ± 0.31", 5: "91.76 ± 0.24"},
 LABEL_PIPELINES = ("gradmix_hard_label", "gradmix_soft_label")
 
 
+def stage1_dir(runs_dir, k, seed):
+  """The stage-1 grid that the label pipelines of (k, seed) share."""
+  return os.path.join(runs_dir, "stage1", f"k{k}_seed{seed}")
+
+
 def _pipeline_records(runs_dir, name, k, seeds):
   """(seed, `name`) for each seed whose label pipeline wrote `name`
   (grid.json or pseudo_labels.json).
@@ -132,9 +137,8 @@ def write_report(args, seeds, ks):
                 + f" | {'/'.join(counts)} |")
   for k in ks:
     for seed in seeds:   # the shared stage-1 grids of the label pipelines
-      for path in glob.glob(os.path.join(args.runs_dir, "stage1",
-                                         f"k{k}_seed{seed}", "*",
-                                         "metrics.json")):
+      for path in glob.glob(os.path.join(stage1_dir(args.runs_dir, k, seed),
+                                         "*", "metrics.json")):
         with open(path) as f:
           record = json.load(f)
         minutes += record.get("train_seconds", record["wall_seconds"]) / 60.0
@@ -204,11 +208,10 @@ def main():
       for k in ks:
         for name in args.methods.split(","):
           method, flags = VARIANTS.get(name, (name, []))
-          if method in ("gradmix_hard_label", "gradmix_soft_label"):
+          if method in LABEL_PIPELINES:
             # Hard and soft labels come from one shared stage-1 grid.
             flags = flags + ["--config.pseudo_label.stage1_dir=" +
-                             os.path.join(args.runs_dir, "stage1",
-                                          f"k{k}_seed{seed}")]
+                             stage1_dir(args.runs_dir, k, seed)]
           status = table1.run_one(args.runs_dir, method, k, seed, args.steps,
                                   flags, variant=name)
           print(f"seed {seed} k={k} {name}: {status}", flush=True)

@@ -51,17 +51,21 @@ def run_dir(runs_dir, method, k, seed):
   return os.path.join(runs_dir, method, f"k{k}_seed{seed}")
 
 
+def launch_flags(method, k, seed, steps, extra):
+  """The launcher flags of one `digits_mnistm` cell, `extra` appended."""
+  return ["--config=digits_mnistm", f"--config.method={method}",
+          f"--config.k={k}", f"--config.seed={seed}",
+          f"--config.steps={steps}", *extra]
+
+
 def run_one(runs_dir, method, k, seed, steps, extra, variant=None):
   """Runs one cell through the launcher unless its metrics exist.
 
   `variant` names the run's folder when `extra` flags make it a variant of
   `method` (default: the method's name).
   """
-  return runs.launch(
-      run_dir(runs_dir, variant or method, k, seed),
-      ["--config=digits_mnistm", f"--config.method={method}",
-       f"--config.k={k}", f"--config.seed={seed}", f"--config.steps={steps}",
-       *extra])
+  return runs.launch(run_dir(runs_dir, variant or method, k, seed),
+                     launch_flags(method, k, seed, steps, extra))
 
 def load(runs_dir, method, k, seeds):
   found = []

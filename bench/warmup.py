@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 
+import baselines
 import r_ablation
 import runs
 import table1
@@ -40,8 +41,8 @@ def variant(method):
 def _r_ablation_args(args, runs_dir):
   return argparse.Namespace(
       k=K, seed=R_ABLATION_SEED, betas="5.0,10.0", gammas="0.3,0.6,0.9",
-      steps=args.steps, stage1_dir=os.path.join(args.baselines_dir, "stage1",
-                                                f"k{K}_seed{R_ABLATION_SEED}"),
+      steps=args.steps,
+      stage1_dir=baselines.stage1_dir(args.baselines_dir, K, R_ABLATION_SEED),
       runs_dir=runs_dir)
 
 
@@ -50,14 +51,13 @@ def cases(args):
   found = []
   for method, label in PIPELINES.items():
     for seed in args.seeds:
-      stage1 = os.path.join(args.baselines_dir, "stage1", f"k{K}_seed{seed}")
+      stage1 = baselines.stage1_dir(args.baselines_dir, K, seed)
       found.append((
           label, seed, table1.run_dir(args.baselines_dir, method, K, seed),
           table1.run_dir(args.baselines_dir, variant(method), K, seed),
-          ["--config=digits_mnistm", f"--config.method={method}",
-           f"--config.k={K}", f"--config.seed={seed}",
-           f"--config.steps={args.steps}",
-           f"--config.pseudo_label.stage1_dir={stage1}", *WARMUP_FLAGS]))
+          table1.launch_flags(
+              method, K, seed, args.steps,
+              [f"--config.pseudo_label.stage1_dir={stage1}", *WARMUP_FLAGS])))
   without = _r_ablation_args(args, args.r_ablation_dir)
   with_warmup = _r_ablation_args(args, args.r_ablation_dir +
                                  f"_warmup{WARMUP_STEPS}")
