@@ -3,15 +3,45 @@
     import gradmix_tf
     optimizer = gradmix_tf.GradMix(keras.optimizers.SGD(0.05, momentum=0.9))
     weights = gradmix_tf.solve_mix_weights(gram, cross, solver="exact")
+
+The names below are imported on first use (PEP 562 module `__getattr__`),
+so the config layer, the launcher's `--help` and its bad-input errors load
+no TensorFlow.
 """
 
+import importlib
+
 from gradmix_tf.errors import ConfigError, DataError, TrainingError, UserError
-from gradmix_tf.models import MultiHeadClassifier, build_model
-from gradmix_tf.gradmf import GradMF
-from gradmix_tf.optimizer import GradMix
-from gradmix_tf.solvers import gram_statistics, mixed_cosine, solve_mix_weights
-from gradmix_tf.trainer import METHODS, Trainer
-from gradmix_tf.holistic import HolisticTrainer
-from gradmix_tf import data
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "MultiHeadClassifier": "gradmix_tf.models",
+    "build_model": "gradmix_tf.models",
+    "GradMF": "gradmix_tf.gradmf",
+    "GradMix": "gradmix_tf.optimizer",
+    "gram_statistics": "gradmix_tf.solvers",
+    "mixed_cosine": "gradmix_tf.solvers",
+    "solve_mix_weights": "gradmix_tf.solvers",
+    "METHODS": "gradmix_tf.trainer",
+    "Trainer": "gradmix_tf.trainer",
+    "HolisticTrainer": "gradmix_tf.holistic",
+}
+
+__all__ = sorted([*_LAZY, "ConfigError", "DataError", "TrainingError",
+                  "UserError", "data"])
+
+
+def __getattr__(name):
+  if name == "data":
+    return importlib.import_module("gradmix_tf.data")
+  if name not in _LAZY:
+    raise AttributeError(f"module 'gradmix_tf' has no attribute {name!r}")
+  value = getattr(importlib.import_module(_LAZY[name]), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return __all__

@@ -6,11 +6,14 @@ from `base_config()` here.
 """
 
 import json
+import math
 import os
 
 from absl import logging
 import ml_collections
 
+from gradmix_tf import methods
+from gradmix_tf import workdir as run_directory
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.files import write_json_atomically
 
@@ -167,15 +170,124 @@ def resolve(config):
       holistic.local_steps = min(holistic.local_steps, 2)
   if "actions" in config and not config.actions.root:
     config.actions.root = os.environ.get(ACTIONS_DIR_ENV, "")
-  for field in ("steps", "batch_size", "log_every", "eval_every",
-                "checkpoint_every"):
-    if int(config[field]) < 1:
-      raise ConfigError(f"config.{field} must be at least 1, got "
-                        f"{config[field]}")
-  if int(config.get("lr_warmup_steps", 0)) < 0:
-    raise ConfigError("config.lr_warmup_steps must be >= 0 (0: no warm-up), "
-                      f"got {config.lr_warmup_steps}")
+  validate(config)
   return config
+
+
+# Fields that name one of a few choices. The modules that read them hold the
+# same names (solvers.SOLVERS, distribute.DISTRIBUTIONS, gradmf.MODES, ...;
+# tests/test_reliability.py checks that they agree); they are repeated here
+# so that a config is checked without importing TensorFlow.
+CHOICES = {
+    "solver": ("exact", "slsqp", "meta_sgd"),
+    "rho_reduction": ("sum", "mean"),
+    "distribution": ("default", "mirrored", "multi_worker"),
+    "model.name": ("digit_convnet", "resnet18"),
+    "gradmf.mode": ("global", "layer"),
+    "gradmf.update_rule": ("projection", "turned"),
+    "pseudo_label.soft_loss": ("model_label", "label_model"),
+}
+# Learning rates: finite and positive.
+RATES = ("lr", "finetune_lr", "target_lr", "mme.lr", "holistic.local_lr")
+# (field, smallest allowed, largest allowed or None): numbers in a closed
+# range. Counts of steps and examples are whole numbers.
+RANGES = (
+    ("steps", 1, None), ("batch_size", 1, None), ("log_every", 1, None),
+    ("eval_every", 1, None), ("checkpoint_every", 1, None),
+    ("k", 1, None), ("seed", 0, None), ("finetune_steps", 0, None),
+    ("lr_warmup_steps", 0, None), ("max_consecutive_skips", 1, None),
+    ("max_source_examples", 0, None), ("max_unlabelled", 0, None),
+    ("max_test", 0, None), ("logical_cpus", 0, None),
+    ("mnistm_seed", 0, None), ("split_seed", 0, None),
+    ("target.hyperval_size", 0, None), ("momentum", 0.0, 1.0),
+    ("pseudo_label.members", 1, None), ("pseudo_label.threshold", 0.0, 1.0),
+    ("pseudo_label.v_per_class", 1, None),
+    ("pseudo_label.stage1_steps", 0, None),
+    ("pseudo_label.stage1_lr_warmup_steps", -1, None),
+    ("vat.epsilon", 0.0, None), ("vat.xi", 1e-12, None),
+    ("vat.power_iterations", 1, None),
+    ("mixmatch.augmentations", 1, None), ("mixmatch.temperature", 1e-6, None),
+    ("mixmatch.alpha", 1e-6, None), ("mixmatch.lambda_u", 0.0, None),
+    ("mixmatch.rampup_steps", 0, None), ("mixmatch.max_shift", 0, None),
+    ("mme.temperature", 1e-6, None), ("mme.entropy_weight", 0.0, None),
+    ("mdda.latent_domains", 1, None),
+    ("mdda.target_entropy_weight", 0.0, None), ("mdda.domain_weight", 0.0, None),
+    ("dctn.adversarial_weight", 0.0, None), ("dctn.confidence", 0.0, 1.0),
+    ("dctn.pseudo_label_start", 0, None),
+    ("gradmf.steps", 0, None), ("gradmf.angle_threshold", 0.0, 180.0),
+)
+# Numbers that may take any finite value.
+FINITE = ("beta", "gamma")
+
+
+def _field(config, dotted):
+  """The value of a dotted field, or None when the config has no such field
+  (a section of another experiment)."""
+  value = config
+  for part in dotted.split("."):
+    if not isinstance(value, ml_collections.ConfigDict) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _number(dotted, value):
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"config.{dotted} must be a number, got {value!r}"
+                      ) from None
+  if not math.isfinite(number):
+    raise ConfigError(f"config.{dotted} must be finite, got {value!r}")
+  return number
+
+
+def validate(config):
+  """Checks every field a run reads before anything is written.
+
+  The method must be one its experiment runs (`gradmix_tf.methods`), choice
+  fields one of their names, learning rates finite and positive, counts and
+  weights in their ranges.
+
+  Raises:
+    ConfigError: naming the field, the value and what it may be.
+  """
+  experiment = methods.experiment_of(config)
+  known = methods.methods_for(experiment)
+  if config.method not in known:
+    raise ConfigError(
+        f"unknown method {config.method!r} for the {experiment} experiment: "
+        f"choose one of {', '.join(known)} (--config.method=...)")
+  for dotted, choices in CHOICES.items():
+    value = _field(config, dotted)
+    if value is not None and value not in choices:
+      raise ConfigError(f"config.{dotted} is {value!r}: choose one of "
+                        f"{', '.join(choices)}")
+  for dotted in RATES:
+    value = _field(config, dotted)
+    if value is not None and not _number(dotted, value) > 0:
+      raise ConfigError(f"config.{dotted} is a learning rate and must be "
+                        f"positive, got {value!r}")
+  for dotted, low, high in RANGES:
+    value = _field(config, dotted)
+    if value is None:
+      continue
+    number = _number(dotted, value)
+    whole = isinstance(low, int) and not isinstance(low, bool)
+    if whole and number != int(number):
+      raise ConfigError(f"config.{dotted} must be a whole number, got "
+                        f"{value!r}")
+    if number < low or (high is not None and number > high):
+      bound = (f"at least {low}" if high is None
+               else f"between {low} and {high}")
+      raise ConfigError(f"config.{dotted} must be {bound}, got {value!r}")
+  if float(config.get("momentum", 0.0)) == 1.0:
+    raise ConfigError("config.momentum must be below 1 (the paper: 0.9), "
+                      "got 1.0")
+  for dotted in FINITE:
+    value = _field(config, dotted)
+    if value is not None:
+      _number(dotted, value)
 
 
 def _default_data_dir():
@@ -256,9 +368,8 @@ def prepare_workdir(workdir, config):
   resolved = {key: value
               for key, value in json.loads(config.to_json_best_effort()).items()
               if key not in unused}
-  if os.path.isfile(path):
-    with open(path) as f:
-      previous = json.load(f)
+  previous = _stored_config(workdir, path)
+  if previous is not None:
     previous = {key: value for key, value in previous.items()
                 if key not in unused}
     defaults = json.loads(base_config().to_json_best_effort())
@@ -274,6 +385,31 @@ def prepare_workdir(workdir, config):
     return False
   write_json_atomically(path, resolved, sort_keys=True)
   return True
+
+
+def _stored_config(workdir, path):
+  """The stored `config.json` of `workdir`, or None for a fresh run.
+
+  A damaged file (cut short by a full disk, say) of a run that never
+  trained is replaced (logged); one of a run with checkpoints or metrics is
+  refused, as nothing then says which config those steps used.
+  """
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    if not isinstance(stored, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as err:
+    if not run_directory.started(workdir):
+      logging.warning("%s is damaged (%s) and the run never trained; "
+                      "writing it anew", path, err)
+      return None
+    raise ConfigError(
+        f"{path} is damaged ({err}) and {workdir} holds a trained run: "
+        "restore the file from a backup, or use a new --workdir") from None
+  return stored
 
 
 def _compare_fields(stored, current, defaults, prefix=""):
@@ -309,18 +445,3 @@ def _compare_fields(stored, current, defaults, prefix=""):
     elif stored[key] != current.get(key):
       changed.append(name)
   return changed, added
-
-
-def forget_unstarted_run(workdir):
-  """Removes the `config.json` of a run that wrote no checkpoint or metrics.
-
-  Called when a fresh run stops on bad input (an unknown method, k too
-  large for the data, missing files): the workdir then does not pin the
-  rejected config, and the corrected command can use it.
-  """
-  for _, _, files in os.walk(workdir):
-    if "checkpoint" in files or "metrics.json" in files:
-      return
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    os.remove(path)

@@ -40,7 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf import models
-from gradmix_tf.trainer import Trainer, _apply_present
+from gradmix_tf import finite_steps
+from gradmix_tf.trainer import Trainer
 from gradmix_tf.trainer import make_main_sgd
 
 METHODS = ("dctn",)
@@ -173,7 +174,11 @@ class DCTNTrainer(Trainer):
             _bce(d(tf.stop_gradient(model.trunk(x))), 1.0)
             + _bce(d(target_features), 0.0)
             for d, x in zip(self.discriminators, source_images)])
-      self.discriminator_optimizer.apply(
+      # Skipped when not finite; the step counts as skipped only through
+      # the main update below (whose adversarial loss a broken
+      # discriminator soon makes non-finite too).
+      discriminator_applied = finite_steps.apply_if_finite(
+          self.discriminator_optimizer,
           tape.gradient(d_loss, discriminator_variables),
           discriminator_variables)
       # 1b + 2. Features and classifiers.
@@ -202,10 +207,14 @@ class DCTNTrainer(Trainer):
             confident)
         total = (tf.add_n(losses) + val_loss + pseudo_loss
                  + float(dctn.adversarial_weight) * adversarial)
-      _apply_present(optimizer, tape.gradient(total, self.variables),
-                     self.variables)
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(total, self.variables),
+                                  self.variables)
       out = {f"loss/{s.name}": loss
              for s, loss in zip(self.data.sources, losses)}
+      out["applied"] = applied
+      out["stats/discriminator_applied"] = tf.cast(discriminator_applied,
+                                                   tf.float32)
       out["loss/validation"] = val_loss
       out["loss/pseudo_labels"] = pseudo_loss
       out["stats/discriminator_loss"] = d_loss

@@ -50,3 +50,15 @@ def make_strategy(config):
   except ValueError:
     raise ConfigError("TF_CONFIG is not valid JSON") from None
   return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+  """Whether this process writes checkpoints, summaries and metrics."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and (
+      not has_chief)

@@ -18,4 +18,16 @@ class DataError(UserError):
 
 
 class TrainingError(UserError):
-  """Training cannot go on (e.g. non-finite gradients step after step)."""
+  """Training cannot go on (e.g. non-finite gradients step after step).
+
+  Attributes:
+    step: the step at which training stopped, if known.
+    reason: a short name of the cause (`non_finite`).
+    source: the loss or source whose values were not finite, if known.
+  """
+
+  def __init__(self, message, step=None, reason=None, source=None):
+    super().__init__(message)
+    self.step = step
+    self.reason = reason
+    self.source = source

@@ -15,26 +15,44 @@ preprocessing runs in the graph exactly as in training: grey becomes RGB
 (or RGB grey), smaller images are zero-padded around the centre, larger
 ones area-resized, and the trunk rescales by 1/255. Without `--version` the
 next integer after the existing versions is used (TF Serving serves the
-largest); an existing version directory is refused unless `--overwrite`.
-The export is written beside its destination and renamed into place, so a
-failed export leaves nothing behind.
+largest; `--version` must be a positive integer); an existing version
+directory is refused unless `--overwrite`.
+
+The export is written beside its destination (`.partial-<version>-<pid>`,
+a name TF Serving ignores) and renamed into place, so a failed export
+leaves nothing behind; `--overwrite` swaps the new version in atomically
+(`files.replace_directory`), so there is never a moment without a complete
+servable version. Hidden directories left by killed exports are removed by
+the next export (an old version set aside and not yet replaced is put
+back).
+
+Only a finished run is exported: one with `metrics.json` whose newest
+checkpoint restores, is the run's last step and holds finite weights.
+`--allow_unfinished` exports the newest intact checkpoint of any run.
 """
 
 import json
 import os
+import re
 import shutil
-import sys
 
 from absl import app
 from absl import flags
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import checkpoints
+from gradmix_tf import cli
 from gradmix_tf import models
+from gradmix_tf import workdir as run_directory
 from gradmix_tf.errors import UserError
-from gradmix_tf.files import write_json_atomically
+from gradmix_tf.files import replace_directory, write_json_atomically
 
 MODEL_FILE = "model.json"
+# Hidden work directories of an export in progress: `.partial-<v>-<pid>`
+# (being written) and `.old-<v>-<pid>` (a replaced version set aside).
+_WORK_DIR = re.compile(r"^\.(partial|old)-(\d+)-(\d+)$")
 
 
 class ServingModule(tf.Module):
@@ -102,15 +120,67 @@ def next_version(model_dir):
   return max(versions, default=0) + 1
 
 
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_work(model_dir):
+  """Clears the hidden directories of exports whose process is gone.
+
+  A `.old-<v>-<pid>` whose version `<v>` is missing (the process died
+  between setting it aside and renaming the new one in) is put back as
+  `<v>`; everything else of a dead process is deleted.
+  """
+  if not os.path.isdir(model_dir):
+    return
+  for name in os.listdir(model_dir):
+    match = _WORK_DIR.match(name)
+    if not match or _alive(int(match.group(3))):
+      continue
+    path = os.path.join(model_dir, name)
+    version_path = os.path.join(model_dir, match.group(2))
+    if match.group(1) == "old" and not os.path.exists(version_path):
+      os.rename(path, version_path)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def check_finite_weights(model, what):
+  """Refuses a model with a NaN or Inf weight (a diverged run).
+
+  Raises:
+    UserError: naming the first such variable.
+  """
+  for variable in model.weights:
+    if not np.all(np.isfinite(np.asarray(variable))):
+      raise UserError(
+          f"{what} has non-finite weights ({variable.path}): the run "
+          "diverged; lower the learning rate and train again "
+          "(--allow_unfinished exports it anyway)")
+
+
 def export_model(model, target_head, class_ids, input_shape, export_dir,
                  name, version=None, overwrite=False):
   """Writes `<export_dir>/<name>/<version>/`; returns that path.
 
   Raises:
-    UserError: the version directory exists and `overwrite` is False.
+    UserError: the version is not a positive integer, or its directory
+      exists and `overwrite` is False.
   """
   model_dir = os.path.join(export_dir, name)
-  version = int(version) if version else next_version(model_dir)
+  if version is not None and (isinstance(version, bool) or
+                              not str(version).isdigit() or int(version) < 1):
+    raise UserError(f"--version must be a positive integer, got {version!r} "
+                    "(leave it out for the next version)")
+  run_directory.check_directory(model_dir, "--export_dir")
+  remove_stale_work(model_dir)
+  version = int(version) if version is not None else next_version(model_dir)
   path = os.path.join(model_dir, str(version))
   if os.path.exists(path) and not overwrite:
     raise UserError(f"{path} already exists: pass --overwrite to replace it "
@@ -128,11 +198,10 @@ def export_model(model, target_head, class_ids, input_shape, export_dir,
   module.served_variables = list(captured.values())
   os.makedirs(model_dir, exist_ok=True)
   partial = os.path.join(model_dir, f".partial-{version}-{os.getpid()}")
+  aside = os.path.join(model_dir, f".old-{version}-{os.getpid()}")
   try:
     tf.saved_model.save(module, partial, signatures=signatures)
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(partial, path)
+    replace_directory(partial, path, aside)
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return path
@@ -151,6 +220,8 @@ def write_model_description(workdir, config, data):
 
 
 def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
+  """Exports a trainer's model after its run (the launcher's export_dir)."""
+  check_finite_weights(trainer.model, f"the model of {trainer.workdir}")
   data = trainer.data
   return export_model(trainer.model, data.target_head,
                       data.head_classes[data.target_head],
@@ -159,27 +230,61 @@ def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
 
 
 def export_workdir(workdir, export_dir, name=None, version=None,
-                   overwrite=False):
-  """Rebuilds the model of a finished run and exports it."""
+                   overwrite=False, allow_unfinished=False):
+  """Rebuilds the model of a finished run and exports it.
+
+  Raises:
+    UserError: not a run, an unfinished run, or non-finite weights (the
+      last two unless `allow_unfinished`).
+  """
   path = os.path.join(workdir, MODEL_FILE)
   if not os.path.isfile(path):
     raise UserError(f"{path} not found: --workdir must be a run written by "
                     "python -m gradmix_tf.launch")
-  with open(path) as f:
-    description = json.load(f)
+  try:
+    with open(path) as f:
+      description = json.load(f)
+  except (OSError, ValueError) as err:
+    raise UserError(f"{path} is damaged ({err}): rerun the training command "
+                    "to write it again") from None
+  metrics = _finished_metrics(workdir)
+  if metrics is None and not allow_unfinished:
+    raise UserError(
+        f"{workdir} has no metrics.json: the run did not finish; rerun its "
+        "training command to finish it (or pass --allow_unfinished)")
   name = name or description.get("name") or "model"
   model = models.build_model(
       ml_collections.ConfigDict(description["model"]),
       tuple(description["input_shape"]),
       [len(c) for c in description["head_classes"]])
-  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  latest = checkpoints.restore_newest_intact(
+      tf.train.Checkpoint(model=model, step=step),
+      os.path.join(workdir, "checkpoints"), partial=True,
+      fallback=allow_unfinished)
   if latest is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints: train first")
-  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  if not allow_unfinished:
+    if int(step.numpy()) != int(metrics["steps"]):
+      raise UserError(
+          f"the newest checkpoint of {workdir} is step {int(step.numpy())}, "
+          f"not the run's last step {metrics['steps']}: rerun its training "
+          "command to finish it (or pass --allow_unfinished)")
+    check_finite_weights(model, f"the run in {workdir}")
   head = description["target_head"]
   return export_model(model, head, description["head_classes"][head],
                       description["input_shape"], export_dir, name, version,
                       overwrite)
+
+
+def _finished_metrics(workdir):
+  """The run's metrics.json, or None when it has none (or it is damaged)."""
+  path = os.path.join(workdir, "metrics.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _define_flags():
@@ -187,26 +292,28 @@ def _define_flags():
   flags.DEFINE_string("workdir", None, "A finished training run.")
   flags.DEFINE_string("export_dir", None, "Export base directory.")
   flags.DEFINE_string("name", None, "Model name (default: the config's).")
-  flags.DEFINE_integer("version", None, "Version (default: the next one).")
+  flags.DEFINE_integer("version", None, "Version, a positive integer "
+                       "(default: the next one).", lower_bound=1)
   flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+  flags.DEFINE_bool("allow_unfinished", False,
+                    "Export a run without metrics.json, an older intact "
+                    "checkpoint, or non-finite weights.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.no_positional_arguments(argv)
   values = flags.FLAGS
   if not values.workdir or not values.export_dir:
-    print("error: --workdir and --export_dir are required", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--workdir and --export_dir are required")
   try:
     path = export_workdir(values.workdir, values.export_dir, values.name,
-                          values.version, values.overwrite)
+                          values.version, values.overwrite,
+                          values.allow_unfinished)
   except UserError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(err)
   print(path)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -61,15 +61,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import finite_steps
+from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
-from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
+from gradmix_tf.trainer import Trainer, cross_entropy
 from gradmix_tf.trainer import make_main_sgd, make_sgd
 
-METHODS = ("source_only", "fine_tune", "frozen_classifier", "lolsgd",
-           "distill", "gradmix_distill", "calibrated")
+METHODS = method_names.HOLISTIC_METHODS
 
 
 def distillation_loss(student_logits, teacher_logits, temperature):
@@ -335,8 +336,9 @@ class HolisticTrainer(Trainer):
       images, labels = self._target_batch(indices, subset)
       with tf.GradientTape() as tape:
         loss = cross_entropy(labels, self.model(images, training=True))
-      _apply_present(optimizer, tape.gradient(loss, variables), variables)
-      return {"loss/target": loss}
+      applied = self.apply_finite(optimizer, tape.gradient(loss, variables),
+                                  variables)
+      return {"loss/target": loss, "applied": applied}
     return step
 
   def _distill_step(self, optimizer):
@@ -350,9 +352,10 @@ class HolisticTrainer(Trainer):
         ce = cross_entropy(labels, logits)
         kd = distillation_loss(logits, teacher_logits, holistic.temperature)
         loss = ce + float(holistic.distill_weight) * kd
-      _apply_present(optimizer, tape.gradient(loss, self.variables),
-                     self.variables)
-      return {"loss/target": ce, "loss/distillation": kd}
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(loss, self.variables),
+                                  self.variables)
+      return {"loss/target": ce, "loss/distillation": kd, "applied": applied}
     return step
 
   def _gradmix_distill_step(self, optimizer):
@@ -408,11 +411,16 @@ class HolisticTrainer(Trainer):
         return tf.reduce_sum(weight * per_example) / tf.maximum(
             tf.reduce_sum(weight), 1.0)
 
+      start = [tf.identity(v) for v in self.variables]
       loss = local_sgd_round(self.variables, local_loss,
                              int(holistic.local_models),
                              int(holistic.local_steps),
                              float(holistic.local_lr))
-      return {"loss/target": loss}
+      # A round that ends non-finite is undone and counted as skipped.
+      finite = finite_steps.all_finite(self.variables)
+      for variable, value in zip(self.variables, start):
+        variable.assign(tf.where(finite, variable, value))
+      return {"loss/target": loss, "applied": self.skips.record(finite)}
     return step
 
   # -- Metrics ----------------------------------------------------------------

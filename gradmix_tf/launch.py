@@ -23,8 +23,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from gradmix_tf import cli
 from gradmix_tf import config_lib
-from gradmix_tf.errors import ConfigError, TrainingError, UserError
+from gradmix_tf import workdir as run_directory
+from gradmix_tf.errors import TrainingError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config name in configs/ or path to a config file.",
@@ -32,8 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default runs/<config>/<run name>).")
 
-EXIT_USER_ERROR = 2
-EXIT_TRAINING_STOPPED = 3
+EXIT_USER_ERROR = cli.EXIT_USER_ERROR
+EXIT_TRAINING_STOPPED = cli.EXIT_TRAINING_STOPPED
 
 
 def default_workdir(config):
@@ -42,55 +44,70 @@ def default_workdir(config):
 
 
 def train(config, workdir):
-  """Builds the data and trains; returns the metrics dict.
+  """Checks everything, builds the data, trains; returns the metrics dict.
 
-  Bad input found after the workdir was made (an unknown method, data that
-  cannot give k shots) leaves no `config.json` behind in a fresh workdir.
+  The config (`config_lib.validate`), the workdir and the export directory
+  are checked before TensorFlow starts and before anything is written. Bad
+  input found later, before training (data that cannot give k shots, a
+  corrupt file), removes what this call made: the workdir if it created it,
+  else its `config.json`. The workdir is locked while the run trains
+  (`gradmix_tf.workdir.RunDirectory`). A run that training stopped records
+  `stopped.json` and raises `TrainingError`.
   """
+  config = config_lib.resolve(config)
+  workdir = workdir or default_workdir(config)
+  run_directory.check_directory(workdir, "--workdir")
+  if config.export_dir:
+    run_directory.check_directory(config.export_dir, "--config.export_dir")
   # Imported here so `--help` and config errors do not wait for TensorFlow.
   from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
-  config = config_lib.resolve(config)
   strategy = distribute.make_strategy(config)
-  workdir = workdir or default_workdir(config)
-  fresh = config_lib.prepare_workdir(workdir, config)
-  try:
-    return _train_in(config, workdir, strategy)
-  except UserError:
-    if fresh:
-      config_lib.forget_unstarted_run(workdir)
-    raise
+  chief = distribute.is_chief(strategy)
+  with run_directory.RunDirectory(workdir, lock=chief) as run:
+    fresh = False
+    try:
+      fresh = config_lib.prepare_workdir(workdir, config)
+      metrics = _train_in(config, workdir, strategy)
+    except TrainingError as err:
+      if chief:
+        run_directory.record_stop(workdir, err)
+      raise
+    except UserError:
+      run.discard_unstarted(fresh)
+      raise
+    if chief:
+      run_directory.clear_stop(workdir)
+    return metrics
 
 
 def _train_in(config, workdir, strategy):
   """Dispatches on the config's experiment and method, trains, exports."""
-  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
   from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)
-  if "actions" in config:
+  experiment = methods.experiment_of(config)
+  if experiment == "actions":
     from gradmix_tf.data.actions import build_action_experiment  # pylint: disable=g-import-not-at-top
     data = build_action_experiment(config, seed=int(config.seed),
                                    k=int(config.k))
     trainer = Trainer(config, data, workdir, strategy=strategy)
-  elif "holistic" in config:
+  elif experiment == "holistic":
     from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
     from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
     data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
     from gradmix_tf import dctn, mdda, mme, pipeline  # pylint: disable=g-import-not-at-top
+    from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
     baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
                  "dctn": dctn.DCTNTrainer}
-    trainer_class = baselines.get(config.method, Trainer)
-    known = Trainer.methods + pipeline.METHODS + tuple(baselines)
-    if config.method not in known:
-      raise ConfigError(f"unknown method {config.method!r}: choose one of "
-                        f"{', '.join(known)}")
     data = build_experiment(config, seed=int(config.seed), k=int(config.k))
     if config.method in pipeline.METHODS:
       return pipeline.run_pseudo_label_pipeline(config, data, workdir,
                                                 strategy)
+    trainer_class = baselines.get(config.method, Trainer)
     trainer = trainer_class(config, data, workdir, strategy=strategy)
   metrics = trainer.run()
   if config.export_dir and trainer.is_chief:
@@ -101,16 +118,17 @@ def _train_in(config, workdir, strategy):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.no_positional_arguments(argv)
+  if _CONFIG.value is None:
+    cli.fail("--config is required: name one of "
+             f"{', '.join(config_lib.available_configs())} or a config file "
+             "(e.g. --config=digits_mnistm)")
   try:
     train(_CONFIG.value, _WORKDIR.value)
   except TrainingError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(EXIT_TRAINING_STOPPED)
+    cli.fail(err, EXIT_TRAINING_STOPPED)
   except UserError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    cli.fail(err)
 
 
 def _resolve_config_argument(argv):
@@ -124,24 +142,12 @@ def _resolve_config_argument(argv):
   return out
 
 
-def _parse_flags(argv):
-  """absl's parser, with an unknown `--config.<field>` as one error line."""
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as err:
-    field = str(err).strip("\"'")
-    print(f"error: the config has no field {field!r}; check the spelling of "
-          "the --config.<field> override", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-
-
 def run():
   try:
     argv = _resolve_config_argument(sys.argv)
   except UserError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+    cli.fail(err)
+  app.run(main, argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

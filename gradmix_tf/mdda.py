@@ -39,7 +39,7 @@ momentum (the digit config's 0.05, 0.9).
 import keras
 import tensorflow as tf
 
-from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
+from gradmix_tf.trainer import Trainer, cross_entropy
 from gradmix_tf.trainer import make_main_sgd
 
 METHODS = ("mdda",)
@@ -237,10 +237,12 @@ class MDDATrainer(Trainer):
         total = (tf.add_n(losses) + val_loss
                  + float(mdda.target_entropy_weight) * u_entropy
                  + float(mdda.domain_weight) * discovery)
-      _apply_present(optimizer, tape.gradient(total, self.variables),
-                     self.variables)
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(total, self.variables),
+                                  self.variables)
       out = {f"loss/{s.name}": loss
              for s, loss in zip(self.data.sources, losses)}
+      out["applied"] = applied
       out["loss/validation"] = val_loss
       out["entropy/unlabelled"] = u_entropy
       out["entropy/domain_discovery"] = discovery

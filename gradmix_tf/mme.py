@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import models
-from gradmix_tf.trainer import Trainer, _apply_present, cross_entropy
+from gradmix_tf.trainer import Trainer, cross_entropy
 from gradmix_tf.trainer import make_sgd
 
 METHODS = ("mme",)
@@ -126,10 +126,12 @@ class MMETrainer(Trainer):
         u_entropy = entropy(self.model.heads[head](
             gradient_reversal(features)))
         total = tf.add_n(losses) + val_loss - lam * u_entropy
-      _apply_present(optimizer, tape.gradient(total, self.variables),
-                     self.variables)
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(total, self.variables),
+                                  self.variables)
       out = {f"loss/{self.data.sources[i].name}": loss
              for i, loss in zip(self.mme_sources, losses)}
+      out["applied"] = applied
       out["loss/validation"] = val_loss
       out["entropy/unlabelled"] = u_entropy
       return out

@@ -43,6 +43,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from gradmix_tf import finite_steps
 from gradmix_tf import solvers
 
 _BASE_OPTIMIZER_ARGS = (
@@ -308,32 +309,13 @@ class GradMix(keras.optimizers.Optimizer):
   def _apply_unless_non_finite(self, all_finite, grads, variables, eta):
     """Applies the mixed step, or skips it; returns whether it applied.
 
-    Under a strategy that synchronises through `merge_call` (e.g.
-    `MirroredStrategy`) the decision is taken in cross-replica context and
-    the apply runs per replica inside it, as `LossScaleOptimizer` does:
-    a synchronisation point may not sit inside replica-side control flow.
+    `all_finite` comes from all-reduced statistics, so every replica takes
+    the same decision (`finite_steps.apply_or_skip`: in cross-replica
+    context where the strategy needs `merge_call`, as `LossScaleOptimizer`).
     """
-    def apply_then_reset():
-      self._apply_inner(grads, variables, eta)
-      return self._applied()
-
-    context = tf.distribute.get_replica_context()
-    if (context is None or context.num_replicas_in_sync == 1
-        or tf.__internal__.distribute.strategy_supports_no_merge_call()):
-      return tf.cond(all_finite, apply_then_reset, self._skipped)
-
-    def in_cross_replica(distribution, finite, grads, eta):
-      finite = distribution.experimental_local_results(finite)[0]
-
-      def apply_everywhere():
-        distribution.extended.call_for_each_replica(
-            self._apply_inner, args=(grads, variables, eta))
-        return self._applied()
-
-      return tf.cond(finite, apply_everywhere, self._skipped)
-
-    return context.merge_call(in_cross_replica,
-                              args=(all_finite, grads, eta))
+    return finite_steps.apply_or_skip(
+        all_finite, lambda g, e: self._apply_inner(g, variables, e),
+        (grads, eta), self._applied, self._skipped)
 
   def _finite_per_source(self, gram, v_sq, source_grads, heads):
     """`[k + 1]` booleans: every gradient of source i (and of V) is finite.
@@ -347,8 +329,9 @@ class GradMix(keras.optimizers.Optimizer):
     """
     k = len(source_grads)
     finite = tf.reduce_all(tf.math.is_finite(tf.linalg.diag_part(gram)), 0)
-    heads_finite = [_all_finite([source_grads[s][i] for i in heads])
-                    for s in range(k)]
+    heads_finite = [
+        finite_steps.all_finite([source_grads[s][i] for i in heads])
+        for s in range(k)]
     finite = tf.logical_and(finite, tf.stack(heads_finite))
     v_finite = tf.reduce_all(tf.math.is_finite(v_sq))
     return tf.concat([finite, v_finite[None]], 0)
@@ -438,11 +421,3 @@ def _all_reduce_for_statistics(source_grads, validation_grads):
 
   return ([reduce(g, tf.distribute.ReduceOp.SUM) for g in source_grads],
           reduce(validation_grads, tf.distribute.ReduceOp.MEAN))
-
-
-def _all_finite(grads):
-  present = [tf.reduce_all(tf.math.is_finite(g)) for g in grads
-             if g is not None]
-  if not present:
-    return tf.constant(True)
-  return tf.reduce_all(tf.stack(present))

@@ -41,14 +41,16 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import checkpoints
 from gradmix_tf import config_lib
+from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf.data.experiment import SourceData
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.files import write_json_atomically, write_text_atomically
 
-METHODS = ("gradmix_hard_label", "gradmix_soft_label")
+METHODS = method_names.PSEUDO_LABEL_METHODS
 
 
 def _run(config, data, workdir, strategy, trainer_class):
@@ -90,12 +92,12 @@ def _member_probabilities(config, data, member_dirs):
   for directory in member_dirs:
     model = models.build_model(config.model, tuple(config.input_shape),
                                data.num_classes_per_head)
-    latest = tf.train.latest_checkpoint(os.path.join(directory,
-                                                     "checkpoints"))
+    latest = checkpoints.restore_newest_intact(
+        tf.train.Checkpoint(model=model),
+        os.path.join(directory, "checkpoints"), partial=True, fallback=False)
     if latest is None:
       raise ConfigError(f"stage-1 run {directory} has no checkpoint; delete "
                         "it to retrain it")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     images = data.u[0]
     outputs.append(np.concatenate([
         tf.nn.softmax(model(tf.constant(images[i:i + 500]),

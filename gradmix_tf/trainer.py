@@ -50,6 +50,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import checkpoints
+from gradmix_tf import distribute
+from gradmix_tf import finite_steps
+from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf.evaluation import video_accuracy
@@ -58,9 +62,7 @@ from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.gradmf import GradMF
 from gradmix_tf.optimizer import GradMix
 
-METHODS = ("target_only", "source_only", "fine_tune", "joint", "gradmix",
-           "gradmix_no_adalr", "gradmix_sgd", "gradmf", "gradmix_vat",
-           "gradmix_mixmatch")
+METHODS = method_names.TRAINER_METHODS
 UNLABELLED_SOURCE = {"gradmix_vat": "vat", "gradmix_mixmatch": "mixmatch"}
 GRADMIX_VARIANTS = {
     "gradmix": dict(solver=None, adaptive_lr=True),
@@ -99,24 +101,6 @@ def cross_entropy(labels, logits, global_batch=None):
   if global_batch is None:
     return tf.reduce_mean(per_example)
   return tf.reduce_sum(per_example) / float(global_batch)
-
-
-def is_chief(strategy):
-  """Whether this process writes checkpoints, summaries and metrics."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
-    return True
-  if resolver.task_type == "chief":
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return resolver.task_type == "worker" and resolver.task_id == 0 and (
-      not has_chief)
-
-
-def _apply_present(optimizer, grads, variables):
-  """Applies the gradients that exist (another head's are None)."""
-  pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-  optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
 
 def make_sgd(config, learning_rate):
@@ -214,13 +198,16 @@ class Trainer:
           f"batch_size {self.global_batch} does not split over "
           f"{self.replicas} replicas; use a multiple of {self.replicas}")
     self.replica_batch = self.global_batch // self.replicas
-    self.is_chief = is_chief(self.strategy)
+    self.is_chief = distribute.is_chief(self.strategy)
     keras.utils.set_random_seed(int(config.seed))
     with self.strategy.scope():
       self._build_state(config, data, workdir)
 
   def _build_state(self, config, data, workdir):
     self.model = self._build_model()
+    # Skipped non-finite steps of every phase but GradMix's (which counts
+    # its own): `apply_finite`, `_check_health`.
+    self.skips = finite_steps.SkipCounter()
     self.variables = self.model.trainable_variables
     self.source_images = [tf.constant(s.x) for s in data.sources]
     self.source_labels = [tf.constant(s.y) for s in data.sources]
@@ -246,7 +233,7 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, step=self.step,
         phases_finished=self.phases_finished,
-        train_seconds=self.train_seconds, **trackables)
+        train_seconds=self.train_seconds, skips=self.skips, **trackables)
     # Every worker saves (saving is collective); only the chief's copy is the
     # run's, the others keep theirs to resume from.
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -412,9 +399,10 @@ class Trainer:
         loss = self._validation_loss()
         # Every replica has all of V; their gradients are summed on apply.
         applied_loss = loss / float(self.replicas)
-      _apply_present(optimizer, tape.gradient(applied_loss, self.variables),
-                     self.variables)
-      return {"loss/validation": loss}
+      applied = self.apply_finite(
+          optimizer, tape.gradient(applied_loss, self.variables),
+          self.variables)
+      return {"loss/validation": loss, "applied": applied}
     return step
 
   def _plain_step(self, optimizer, with_validation=False):
@@ -426,9 +414,11 @@ class Trainer:
           total = tf.add_n(losses + [val_loss / float(self.replicas)])
         else:
           total = tf.add_n(losses)
-      _apply_present(optimizer, tape.gradient(total, self.variables),
-                     self.variables)
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(total, self.variables),
+                                  self.variables)
       out = self._loss_stats(losses)
+      out["applied"] = applied
       if with_validation:
         out["loss/validation"] = val_loss
       return out
@@ -436,6 +426,21 @@ class Trainer:
 
   def _joint_step(self, optimizer):
     return self._plain_step(optimizer, with_validation=True)
+
+  def apply_finite(self, optimizer, grads, variables):
+    """Applies `grads` (None entries left out) unless one is not finite.
+
+    A skipped step leaves the variables and the optimizer's state as they
+    were and is counted in `self.skips`; the step function returns the
+    result as `"applied"`, and `_check_health` stops the run after
+    `config.max_consecutive_skips` skips in a row. Every phase's step but
+    GradMix's (which skips on its own) applies its updates through this.
+
+    Returns:
+      A bool tensor: whether the update was applied.
+    """
+    return finite_steps.apply_if_finite(optimizer, grads, variables,
+                                        self.skips)
 
   def _unlabelled_loss(self, index):
     """VAT's or MixMatch's loss on this replica's share of a U batch, as a
@@ -539,7 +544,8 @@ class Trainer:
     if self.is_chief:
       from gradmix_tf import export  # pylint: disable=g-import-not-at-top
       export.write_model_description(self.workdir, config, self.data)
-    restored = self.manager.restore_or_initialize()
+    restored = checkpoints.restore_newest_intact(self.checkpoint,
+                                                 self.manager.directory)
     start = int(self.step.numpy())
     if restored and start:
       logging.info("Resumed from %s at step %d.", restored, start)
@@ -683,25 +689,41 @@ class Trainer:
     return self.best_hyperval[0], self.best_hyperval[1], test_acc
 
   def _check_health(self, phase, stats, step):
-    if phase["kind"] == "gradmix":
-      optimizer = phase["optimizer"]
-      if not bool(stats["applied"]):
-        source = int(stats["nonfinite_source"])
-        names = self._source_names(phase) + ["validation (V)"]
-        consecutive = int(optimizer.consecutive_skips.numpy())
-        logging.warning("Step %d skipped: non-finite gradient from %s.",
-                        step, names[source])
-        if consecutive >= optimizer.max_consecutive_skips:
-          raise TrainingError(
-              f"{consecutive} consecutive steps up to step {step} had "
-              f"non-finite gradients (last from source {names[source]}); "
-              "lower the learning rate or check that source's data")
-    elif step % int(self.config.log_every) == 0:
-      for name, value in stats.items():
-        if name.startswith("loss/") and not np.isfinite(float(value)):
-          raise TrainingError(
-              f"{name} is not finite at step {step}; lower the learning rate "
-              "or check the data")
+    """Stops the run after too many non-finite steps in a row.
+
+    Every step reports `"applied"`: False when its update was skipped for a
+    non-finite gradient (`apply_finite`, or GradMix's own check). A skip is
+    logged with the step and the culprit; `max_consecutive_skips` skips in
+    a row raise `TrainingError`. A custom step that does not report
+    `"applied"` is stopped at the first non-finite loss.
+    """
+    if "applied" not in stats:
+      culprit = _non_finite_loss(stats)
+      if culprit:
+        raise TrainingError(
+            f"{culprit} is not finite at step {step}; lower the learning "
+            "rate or check the data", step=step, reason="non_finite",
+            source=culprit)
+      return
+    if bool(stats["applied"]):
+      return
+    if isinstance(phase["optimizer"], GradMix):
+      names = self._source_names(phase) + ["validation (V)"]
+      culprit = f"source {names[int(stats['nonfinite_source'])]}"
+      consecutive = int(phase["optimizer"].consecutive_skips.numpy())
+      limit = phase["optimizer"].max_consecutive_skips
+    else:
+      culprit = _non_finite_loss(stats) or "the gradient of a finite loss"
+      consecutive = int(self.skips.consecutive_skips.numpy())
+      limit = int(self.config.max_consecutive_skips)
+    logging.warning("Step %d skipped: non-finite gradient from %s.", step,
+                    culprit)
+    if consecutive >= limit:
+      raise TrainingError(
+          f"{consecutive} consecutive steps up to step {step} had "
+          f"non-finite gradients (last from {culprit}); lower the learning "
+          "rate or check that source's data", step=step, reason="non_finite",
+          source=culprit)
 
   def _write_summaries(self, writer, phase, stats, step):
     with writer.as_default(step=step):
@@ -728,8 +750,9 @@ class Trainer:
                 or [s.name for s in self.data.sources])
 
   def _skipped_steps(self):
-    return sum(int(p["optimizer"].skipped_steps.numpy())
-               for p in self.phases if p["kind"] == "gradmix")
+    return int(self.skips.skipped_steps.numpy()) + sum(
+        int(p["optimizer"].skipped_steps.numpy())
+        for p in self.phases if isinstance(p["optimizer"], GradMix))
 
   def _curve_path(self):
     return os.path.join(self.workdir, "hyperval_curve.json")
@@ -745,3 +768,12 @@ class Trainer:
       curve = json.load(f)
     return [point for point in curve if point[0] <= int(self.step.numpy())]
 
+
+def _non_finite_loss(stats):
+  """The first `loss/...` entry of `stats` that is not finite, else the
+  first such `stats/...` entry (a method's auxiliary losses), else None."""
+  for prefix in ("loss/", "stats/"):
+    for name, value in stats.items():
+      if name.startswith(prefix) and not np.all(np.isfinite(value)):
+        return name
+  return None

@@ -114,21 +114,6 @@ def test_a_diverged_run_ends_with_one_line_and_its_own_status(shared_data,
   assert not os.path.exists(tmp_path / "metrics.json")
 
 
-def test_forget_unstarted_run_keeps_a_started_one(tmp_path):
-  from gradmix_tf.config_lib import forget_unstarted_run  # pylint: disable=g-import-not-at-top
-  (tmp_path / "config.json").write_text("{}")
-  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints").mkdir(
-      parents=True)
-  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints" /
-   "checkpoint").write_text("")
-  forget_unstarted_run(str(tmp_path))
-  assert (tmp_path / "config.json").exists()     # a run to resume
-  (tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints" /
-   "checkpoint").unlink()
-  forget_unstarted_run(str(tmp_path))
-  assert not (tmp_path / "config.json").exists()
-
-
 def test_corrupt_npz_source(shared_data, tmp_path):
   bad = tmp_path / "bad.npz"
   bad.write_bytes(np.random.default_rng(0).bytes(256))
@@ -137,7 +122,7 @@ def test_corrupt_npz_source(shared_data, tmp_path):
               f"--config.sources.s1.dataset=npz:{bad}",
               f"--config.data_dir={shared_data}",
               f"--workdir={tmp_path}/run"),
-      "not a readable")
+      "is not a .npz file")
 
 
 def test_sweep_script_runs_each_seed(shared_data, tmp_path):

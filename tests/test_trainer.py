@@ -48,7 +48,7 @@ def test_a_warmup_longer_than_the_run_barely_moves_the_weights(tmp_path):
 
 
 def test_negative_warmup_is_refused_when_the_config_resolves():
-  with pytest.raises(ConfigError, match="lr_warmup_steps must be >= 0"):
+  with pytest.raises(ConfigError, match="lr_warmup_steps must be at least 0"):
     config_lib.resolve(_config(lr_warmup_steps=-1))
 
 

@@ -21,6 +21,7 @@ import gzip
 import os
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -72,10 +73,28 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
       f"unknown dataset {spec!r}: use mnist, svhn, mnistm or npz:<path>")
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a member; an empty archive
+
+
 def load_npz(path, name=None):
-  """An `.npz` with `x_train, y_train, x_test, y_test` (no pickles)."""
+  """An `.npz` with `x_train, y_train, x_test, y_test` (no pickles).
+
+  Raises:
+    DataError: the file is missing, not a zip archive (a `.npz` is one),
+      damaged inside (a member that does not decompress), or lacks a key.
+  """
   if not os.path.isfile(path):
     raise DataError(f"dataset file {path} does not exist: check the path")
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(4)
+  except OSError as err:
+    raise DataError(f"cannot read {path} ({err.strerror}); check its "
+                    "permissions") from None
+  if magic not in _ZIP_MAGIC:
+    raise DataError(
+        f"{path} is not a .npz file (it is not a zip archive); write it with "
+        "numpy.savez or numpy.savez_compressed")
   try:
     with np.load(path, allow_pickle=False) as data:
       missing = [key for key in NPZ_KEYS if key not in data.files]
@@ -84,7 +103,8 @@ def load_npz(path, name=None):
             f"{path} lacks the keys {missing}: a dataset .npz needs "
             f"{', '.join(NPZ_KEYS)}")
       arrays = {key: data[key] for key in NPZ_KEYS}
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+  except (OSError, ValueError, zipfile.BadZipFile, EOFError,
+          zlib.error) as err:
     raise DataError(f"{path} is not a readable .npz file ({err}); "
                     "re-create or re-copy it") from None
   return _checked(name or path, **arrays)

@@ -80,7 +80,12 @@ def load_mnistm(data_dir, cache_dir, seed=0):
     try:
       return digits.load_npz(cache_path, name="mnistm")
     except DataError:
-      os.remove(cache_path)  # A broken cache is rebuilt, never trusted.
+      # A broken cache is rebuilt, never trusted (where it cannot be
+      # removed, writing the new one below says so).
+      try:
+        os.remove(cache_path)
+      except OSError:
+        pass
   backgrounds = load_backgrounds(data_dir)
   dataset = digits.DigitDataset(
       "mnistm",
@@ -88,9 +93,17 @@ def load_mnistm(data_dir, cache_dir, seed=0):
       mnist.y_train,
       blend_with_backgrounds(mnist.x_test, backgrounds, [seed, 1]),
       mnist.y_test)
-  os.makedirs(cache_dir, exist_ok=True)
   partial = cache_path + f".tmp{os.getpid()}.npz"
-  np.savez(partial, x_train=dataset.x_train, y_train=dataset.y_train,
-           x_test=dataset.x_test, y_test=dataset.y_test)
-  os.replace(partial, cache_path)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    np.savez(partial, x_train=dataset.x_train, y_train=dataset.y_train,
+             x_test=dataset.x_test, y_test=dataset.y_test)
+    os.replace(partial, cache_path)
+  except OSError as err:
+    if os.path.exists(partial):
+      os.remove(partial)
+    raise DataError(
+        f"cannot write the MNIST-M cache in {cache_dir} "
+        f"({err.strerror or err}): set --config.cache_dir or "
+        "$GRADMIX_CACHE_DIR to a writable directory") from None
   return dataset

@@ -1,0 +1,102 @@
+"""The run directory: checks, the lock, tidying a refused run, stopped.json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradmix_tf import workdir
+from gradmix_tf.errors import ConfigError, TrainingError
+
+
+def test_a_refused_run_keeps_a_started_one(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  checkpoints = tmp_path / "stage1" / "beta5_gamma0.3" / "checkpoints"
+  checkpoints.mkdir(parents=True)
+  (checkpoints / "checkpoint").write_text("")
+  with workdir.RunDirectory(str(tmp_path)) as run:
+    run.discard_unstarted(fresh_config=True)
+  assert (tmp_path / "config.json").exists()     # a run to resume
+  (checkpoints / "checkpoint").unlink()
+  with workdir.RunDirectory(str(tmp_path)) as run:
+    run.discard_unstarted(fresh_config=True)
+  # The directory was there before: only what the run wrote goes (the
+  # lock file is the first run's).
+  assert not (tmp_path / "config.json").exists()
+  assert (tmp_path / "stage1").is_dir()
+
+
+def test_a_refused_run_in_an_empty_directory_leaves_it_empty(tmp_path):
+  with workdir.RunDirectory(str(tmp_path)) as run:
+    (tmp_path / "config.json").write_text("{}")
+    run.discard_unstarted(fresh_config=True)
+  assert tmp_path.is_dir() and not os.listdir(tmp_path)
+
+
+def test_a_refused_run_removes_the_directory_it_created(tmp_path):
+  path = tmp_path / "new" / "run"
+  with workdir.RunDirectory(str(path)) as run:
+    (path / "config.json").write_text("{}")
+    run.discard_unstarted(fresh_config=True)
+  assert not path.exists()
+
+
+def test_a_refused_resumed_run_keeps_its_config(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  with workdir.RunDirectory(str(tmp_path)) as run:
+    run.discard_unstarted(fresh_config=False)
+  assert (tmp_path / "config.json").exists()
+
+
+def test_check_directory_refuses_a_file_and_a_path_under_a_file(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ConfigError, match="is a file, not a directory"):
+    workdir.check_directory(str(tmp_path / "file"), "--workdir")
+  with pytest.raises(ConfigError, match=r"is under a file .*file\)"):
+    workdir.check_directory(str(tmp_path / "file" / "run"), "--workdir")
+  workdir.check_directory(str(tmp_path / "a" / "b"), "--workdir")
+  assert not (tmp_path / "a").exists()            # nothing made
+  assert os.listdir(tmp_path) == ["file"]          # the probe is gone
+
+
+_HOLD = """
+import sys, time
+from gradmix_tf import workdir
+with workdir.RunDirectory(sys.argv[1]):
+  print("locked", flush=True)
+  time.sleep(60)
+"""
+
+
+def test_the_lock_names_the_holder_and_dies_with_it(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError,
+                       match=rf"in use by another run \(pid {holder.pid}\)"):
+      with workdir.RunDirectory(str(tmp_path)):
+        pass
+  finally:
+    holder.kill()       # SIGKILL: the kernel releases the lock
+    holder.wait()
+  with workdir.RunDirectory(str(tmp_path)):
+    with open(tmp_path / workdir.LOCK_FILE) as f:
+      assert f.read().strip() == str(os.getpid())
+
+
+def test_stopped_json_records_the_step_reason_and_source(tmp_path):
+  error = TrainingError("3 consecutive steps up to step 12 had non-finite "
+                        "gradients", step=12, reason="non_finite",
+                        source="loss/s1")
+  workdir.record_stop(str(tmp_path), error)
+  with open(tmp_path / workdir.STOPPED_FILE) as f:
+    record = json.load(f)
+  assert record == {
+      "error": "error: 3 consecutive steps up to step 12 had non-finite "
+               "gradients",
+      "step": 12, "reason": "non_finite", "source": "loss/s1"}
+  workdir.clear_stop(str(tmp_path))
+  assert not (tmp_path / workdir.STOPPED_FILE).exists()
