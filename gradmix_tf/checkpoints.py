@@ -78,7 +78,10 @@ def restore_newest_intact(checkpoint, directory, partial=False,
       status = checkpoint.restore(prefix)
       if partial:
         status.expect_partial()
-    except (tf.errors.OpError, ValueError, OSError, AssertionError) as err:
+    except Exception as err:  # pylint: disable=broad-except
+      # A damaged file fails in many ways (DataLossError, NotFoundError,
+      # "IndexError: Read less bytes than requested", a parse error...);
+      # each is reported with its reason, and none is silent.
       tried.append((prefix, _reason(err)))
       if not fallback:
         raise DataError(

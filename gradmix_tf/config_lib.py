@@ -288,6 +288,40 @@ def validate(config):
     value = _field(config, dotted)
     if value is not None:
       _number(dotted, value)
+  for name, role in _roles(config):
+    _check_role(name, role)
+
+
+def _roles(config):
+  """(dotted name, section) of every source and of the target, for the
+  experiments that have them (the action experiment names its datasets
+  under `actions`)."""
+  if methods.experiment_of(config) == "actions":
+    return []
+  roles = [(f"sources.{name}", config.sources[name])
+           for name in sorted(config.get("sources", {}))]
+  if "target" in config:
+    roles.append(("target", config.target))
+  return roles
+
+
+def _check_role(name, role):
+  """A role's dataset is a name, its classes distinct whole numbers >= 0,
+  its half 0, 1 or -1 (all)."""
+  dataset = role.get("dataset")
+  if not isinstance(dataset, str) or not dataset:
+    raise ConfigError(f"config.{name}.dataset must name a dataset (mnist, "
+                      f"mnistm, svhn, npz:<path>), got {dataset!r}")
+  classes = role.get("classes")
+  if (not isinstance(classes, (tuple, list)) or not classes or
+      any(isinstance(c, bool) or not isinstance(c, int) or c < 0
+          for c in classes) or len(set(classes)) != len(classes)):
+    raise ConfigError(
+        f"config.{name}.classes must be distinct class ids >= 0, e.g. "
+        f'--config.{name}.classes="(5,6,7,8,9)", got {classes!r}')
+  if role.get("half", -1) not in (-1, 0, 1):
+    raise ConfigError(f"config.{name}.half must be 0, 1 or -1 (all), got "
+                      f"{role.get('half')!r}")
 
 
 def _default_data_dir():

@@ -180,7 +180,7 @@ class DCTNTrainer(Trainer):
       discriminator_applied = finite_steps.apply_if_finite(
           self.discriminator_optimizer,
           tape.gradient(d_loss, discriminator_variables),
-          discriminator_variables)
+          discriminator_variables, losses=[d_loss])
       # 1b + 2. Features and classifiers.
       with tf.GradientTape() as tape:
         losses = [tf.reduce_mean(
@@ -209,7 +209,7 @@ class DCTNTrainer(Trainer):
                  + float(dctn.adversarial_weight) * adversarial)
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
-                                  self.variables)
+                                  self.variables, [total])
       out = {f"loss/{s.name}": loss
              for s, loss in zip(self.data.sources, losses)}
       out["applied"] = applied

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 
 
 def write_json_atomically(path, payload, sort_keys=False):
@@ -26,6 +27,36 @@ def write_text_atomically(path, text):
   with open(partial, "w") as f:
     f.write(text)
   os.replace(partial, path)
+
+
+def probe_writable(path):
+  """Checks that a directory exists or can be made, and takes a file.
+
+  The nearest existing ancestor of `path` must be a directory, and a file
+  can be created (and is removed at once) in it: a permission check alone
+  says yes to root on a read-only mount.
+
+  Returns:
+    The nearest existing ancestor (`path` itself when it exists).
+
+  Raises:
+    NotADirectoryError: that ancestor is a file.
+    OSError: it cannot be written.
+  """
+  path = os.path.abspath(path)
+  existing = path
+  while not os.path.exists(existing):
+    parent = os.path.dirname(existing)
+    if parent == existing:
+      break
+    existing = parent
+  if not os.path.isdir(existing):
+    raise NotADirectoryError(errno.ENOTDIR, "not a directory", existing)
+  handle, probe = tempfile.mkstemp(prefix=".gradmix-write-probe-",
+                                   dir=existing)
+  os.close(handle)
+  os.remove(probe)
+  return existing
 
 
 _RENAME_EXCHANGE = 2    # linux/fs.h

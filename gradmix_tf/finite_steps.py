@@ -103,8 +103,9 @@ class SkipCounter(tf.Module):
     return tf.cond(applied, self.applied, self.skipped)
 
 
-def apply_if_finite(optimizer, grads, variables, counter=None):
-  """`optimizer.apply` of the gradients that exist, unless one is not finite.
+def apply_if_finite(optimizer, grads, variables, counter=None, losses=()):
+  """`optimizer.apply` of the gradients that exist, unless one of them or
+  one of `losses` is not finite.
 
   Args:
     optimizer: a Keras optimizer.
@@ -112,13 +113,14 @@ def apply_if_finite(optimizer, grads, variables, counter=None):
       none, e.g. another label space's head; those are left out).
     variables: the variables.
     counter: a `SkipCounter`, or None not to count.
+    losses: scalar losses that must be finite too.
 
   Returns:
     A bool tensor: whether the update was applied.
   """
   pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
   present = [g for g, _ in pairs]
-  finite = replicas_agree(all_finite(present))
+  finite = replicas_agree(all_finite(present + list(losses)))
 
   def apply_fn(*values):
     # tf.identity puts every gradient inside the calling cond branch's

@@ -337,7 +337,7 @@ class HolisticTrainer(Trainer):
       with tf.GradientTape() as tape:
         loss = cross_entropy(labels, self.model(images, training=True))
       applied = self.apply_finite(optimizer, tape.gradient(loss, variables),
-                                  variables)
+                                  variables, [loss])
       return {"loss/target": loss, "applied": applied}
     return step
 
@@ -354,7 +354,7 @@ class HolisticTrainer(Trainer):
         loss = ce + float(holistic.distill_weight) * kd
       applied = self.apply_finite(optimizer,
                                   tape.gradient(loss, self.variables),
-                                  self.variables)
+                                  self.variables, [loss])
       return {"loss/target": ce, "loss/distillation": kd, "applied": applied}
     return step
 

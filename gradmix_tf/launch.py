@@ -72,7 +72,10 @@ def train(config, workdir):
       if chief:
         run_directory.record_stop(workdir, err)
       raise
-    except UserError:
+    except Exception:  # pylint: disable=broad-except
+      # Bad input (a UserError) or a bug (which keeps its traceback): a run
+      # that never trained leaves nothing that would refuse the corrected
+      # command.
       run.discard_unstarted(fresh)
       raise
     if chief:

@@ -239,7 +239,7 @@ class MDDATrainer(Trainer):
                  + float(mdda.domain_weight) * discovery)
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
-                                  self.variables)
+                                  self.variables, [total])
       out = {f"loss/{s.name}": loss
              for s, loss in zip(self.data.sources, losses)}
       out["applied"] = applied

@@ -128,7 +128,7 @@ class MMETrainer(Trainer):
         total = tf.add_n(losses) + val_loss - lam * u_entropy
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
-                                  self.variables)
+                                  self.variables, [total])
       out = {f"loss/{self.data.sources[i].name}": loss
              for i, loss in zip(self.mme_sources, losses)}
       out["applied"] = applied

@@ -401,7 +401,7 @@ class Trainer:
         applied_loss = loss / float(self.replicas)
       applied = self.apply_finite(
           optimizer, tape.gradient(applied_loss, self.variables),
-          self.variables)
+          self.variables, [loss])
       return {"loss/validation": loss, "applied": applied}
     return step
 
@@ -416,7 +416,7 @@ class Trainer:
           total = tf.add_n(losses)
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
-                                  self.variables)
+                                  self.variables, [total])
       out = self._loss_stats(losses)
       out["applied"] = applied
       if with_validation:
@@ -427,10 +427,12 @@ class Trainer:
   def _joint_step(self, optimizer):
     return self._plain_step(optimizer, with_validation=True)
 
-  def apply_finite(self, optimizer, grads, variables):
+  def apply_finite(self, optimizer, grads, variables, losses=()):
     """Applies `grads` (None entries left out) unless one is not finite.
 
-    A skipped step leaves the variables and the optimizer's state as they
+    The step is also skipped when one of `losses` is not finite (a loss
+    that overflowed can still have finite, saturated gradients, which would
+    carry the run further out). A skipped step leaves the variables and the optimizer's state as they
     were and is counted in `self.skips`; the step function returns the
     result as `"applied"`, and `_check_health` stops the run after
     `config.max_consecutive_skips` skips in a row. Every phase's step but
@@ -440,7 +442,7 @@ class Trainer:
       A bool tensor: whether the update was applied.
     """
     return finite_steps.apply_if_finite(optimizer, grads, variables,
-                                        self.skips)
+                                        self.skips, losses)
 
   def _unlabelled_loss(self, index):
     """VAT's or MixMatch's loss on this replica's share of a U batch, as a
@@ -713,7 +715,7 @@ class Trainer:
       consecutive = int(phase["optimizer"].consecutive_skips.numpy())
       limit = phase["optimizer"].max_consecutive_skips
     else:
-      culprit = _non_finite_loss(stats) or "the gradient of a finite loss"
+      culprit = _non_finite_loss(stats) or "the gradients of finite losses"
       consecutive = int(self.skips.consecutive_skips.numpy())
       limit = int(self.config.max_consecutive_skips)
     logging.warning("Step %d skipped: non-finite gradient from %s.", step,

@@ -20,10 +20,9 @@ import errno
 import fcntl
 import os
 import shutil
-import tempfile
 
 from gradmix_tf.errors import ConfigError
-from gradmix_tf.files import write_json_atomically
+from gradmix_tf.files import probe_writable, write_json_atomically
 
 LOCK_FILE = ".lock"
 STOPPED_FILE = "stopped.json"
@@ -41,25 +40,17 @@ def check_directory(path, flag):
     ConfigError: what is wrong and how to fix it.
   """
   path = os.path.abspath(path)
-  existing = path
-  while not os.path.exists(existing):
-    parent = os.path.dirname(existing)
-    if parent == existing:
-      break
-    existing = parent
-  if not os.path.isdir(existing):
-    what = "is a file" if existing == path else f"is under a file ({existing})"
-    raise ConfigError(f"{flag} {path} {what}, not a directory: pass a "
-                      "directory path")
   try:
-    handle, probe = tempfile.mkstemp(prefix=".gradmix-write-probe-",
-                                     dir=existing)
-    os.close(handle)
-    os.remove(probe)
+    probe_writable(path)
+  except NotADirectoryError as err:
+    what = ("is a file" if err.filename == path
+            else f"is under a file ({err.filename})")
+    raise ConfigError(f"{flag} {path} {what}, not a directory: pass a "
+                      "directory path") from None
   except OSError as err:
     raise ConfigError(
-        f"{flag} {path}: cannot write in {existing} "
-        f"({err.strerror or err}); choose a writable directory") from None
+        f"{flag} {path}: cannot write there ({err.strerror or err}); "
+        "choose a writable directory") from None
 
 
 def started(workdir):
@@ -133,14 +124,21 @@ class RunDirectory:
 
     Args:
       fresh_config: whether this run wrote `config.json` (a new run).
+
+    A workdir opened without the lock (a non-chief worker's view of the
+    chief's) is the chief's to tidy, and is left alone. A run that had
+    trained keeps everything but the lock file this call made.
     """
-    if started(self.workdir):
+    if not self._lock:
       return
-    if self.created:
+    if started(self.workdir):
+      names = [LOCK_FILE] if self._lock_created else []
+    elif self.created:
       shutil.rmtree(self.workdir, ignore_errors=True)
       return
-    names = ([LOCK_FILE] if self._lock_created else []) + (
-        ["config.json"] if fresh_config else [])
+    else:
+      names = ([LOCK_FILE] if self._lock_created else []) + (
+          ["config.json"] if fresh_config else [])
     for name in names:
       path = os.path.join(self.workdir, name)
       if os.path.isfile(path):

@@ -14,6 +14,7 @@ import numpy as np
 
 from gradmix_tf.data import digits
 from gradmix_tf.errors import DataError
+from gradmix_tf.files import probe_writable
 
 BSDS_FILE = "bsds500_train.npz"
 _CHUNK = 8192
@@ -87,6 +88,10 @@ def load_mnistm(data_dir, cache_dir, seed=0):
       except OSError:
         pass
   backgrounds = load_backgrounds(data_dir)
+  try:
+    probe_writable(cache_dir)      # before the build, not after it
+  except OSError as err:
+    raise _cache_error(cache_dir, err) from None
   dataset = digits.DigitDataset(
       "mnistm",
       blend_with_backgrounds(mnist.x_train, backgrounds, [seed, 0]),
@@ -102,8 +107,12 @@ def load_mnistm(data_dir, cache_dir, seed=0):
   except OSError as err:
     if os.path.exists(partial):
       os.remove(partial)
-    raise DataError(
-        f"cannot write the MNIST-M cache in {cache_dir} "
-        f"({err.strerror or err}): set --config.cache_dir or "
-        "$GRADMIX_CACHE_DIR to a writable directory") from None
+    raise _cache_error(cache_dir, err) from None
   return dataset
+
+
+def _cache_error(cache_dir, err):
+  return DataError(
+      f"cannot write the MNIST-M cache in {cache_dir} "
+      f"({err.strerror or err}): set --config.cache_dir or "
+      "$GRADMIX_CACHE_DIR to a writable directory")
