@@ -36,7 +36,8 @@ def launch(workdir, flags, command_prefix=None):
   run resumes from its own checkpoint). Returns "done" or the wall time.
 
   A run that training stopped (exit status 3: it diverged) is a result:
-  its error line goes to `<workdir>/stopped.json`, the call returns
+  the launcher's `<workdir>/stopped.json` (its error line, step, reason
+  and source) gains the command, the call returns
   "stopped: <error>" and later calls do not rerun it (the same seed would
   diverge again; delete the file to retry). Any other failure ends the
   script with the run's log named. `command_prefix` replaces
@@ -56,10 +57,13 @@ def launch(workdir, flags, command_prefix=None):
     code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
                            cwd=REPO)
   if code == EXIT_TRAINING_STOPPED:
-    error = _last_error_line(log_path)
+    # The launcher records the stop (step, reason, source); the command
+    # that made it is added. Older launchers left no record.
+    record = stopped_record(workdir) or {"error": _last_error_line(log_path)}
+    record["command"] = command
     with open(os.path.join(workdir, STOPPED_FILE), "w") as f:
-      json.dump({"error": error, "command": command}, f, indent=2)
-    return f"stopped: {error}"
+      json.dump(record, f, indent=2)
+    return f"stopped: {record['error']}"
   if code:
     raise SystemExit(f"run failed ({code}): {' '.join(command)}; see "
                      f"{log_path}")

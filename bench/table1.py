@@ -51,9 +51,9 @@ def run_dir(runs_dir, method, k, seed):
   return os.path.join(runs_dir, method, f"k{k}_seed{seed}")
 
 
-def launch_flags(method, k, seed, steps, extra):
-  """The launcher flags of one `digits_mnistm` cell, `extra` appended."""
-  return ["--config=digits_mnistm", f"--config.method={method}",
+def launch_flags(method, k, seed, steps, extra, config="digits_mnistm"):
+  """The launcher flags of one cell of `config`, `extra` appended."""
+  return [f"--config={config}", f"--config.method={method}",
           f"--config.k={k}", f"--config.seed={seed}",
           f"--config.steps={steps}", *extra]
 

@@ -9,10 +9,12 @@ r"""Launcher: `python -m gradmix_tf.launch --config=<name> [--workdir=<dir>]`.
 
 The workdir (default `runs/<config>/<method>_k<k>_seed<seed>`) receives the
 resolved `config.json`, checkpoints (a rerun resumes from the last one),
-TensorBoard logs under `tb/`, and `metrics.json` at the end. Bad input ends
-with one `error:` line and exit status 2; training that cannot go on
-(non-finite gradients step after step) ends with one `error:` line and exit
-status 3, so a script can tell a diverged run from a mistyped command.
+TensorBoard logs under `tb/`, and `metrics.json` at the end; `.lock` keeps
+a second process out while a run trains. Bad input ends with one `error:`
+line and exit status 2 and writes nothing; training that cannot go on
+(non-finite gradients step after step) ends with one `error:` line, exit
+status 3 and `<workdir>/stopped.json`, so a script can tell a diverged run
+from a mistyped command. docs/RELIABILITY.md lists every case.
 """
 
 import os

@@ -432,11 +432,12 @@ class Trainer:
 
     The step is also skipped when one of `losses` is not finite (a loss
     that overflowed can still have finite, saturated gradients, which would
-    carry the run further out). A skipped step leaves the variables and the optimizer's state as they
-    were and is counted in `self.skips`; the step function returns the
-    result as `"applied"`, and `_check_health` stops the run after
-    `config.max_consecutive_skips` skips in a row. Every phase's step but
-    GradMix's (which skips on its own) applies its updates through this.
+    carry the run further out). A skipped step leaves the variables and the
+    optimizer's state as they were and is counted in `self.skips`; the step
+    function returns the result as `"applied"`, and `_check_health` stops
+    the run after `config.max_consecutive_skips` skips in a row. Every
+    phase's step but GradMix's (which skips on its own) applies its updates
+    through this.
 
     Returns:
       A bool tensor: whether the update was applied.

@@ -64,3 +64,44 @@ def tiny_config(**overrides):
   for key, value in overrides.items():
     config[key] = value
   return config
+
+
+def config_file(name, **overrides):
+  """`configs/<name>.py`'s `get_config()` with top-level `overrides`."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def tiny_holistic_config(**overrides):
+  """`tiny_config` with a small `holistic` section (4-step pre-training)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**overrides)
+  config.holistic = ml_collections.ConfigDict(dict(
+      seen_classes=(0, 1, 2), per_class=4, heldout_per_class=4,
+      pretrain_steps=4, distill_weight=1.0, temperature=2.0, local_models=2,
+      leave_out=1, local_steps=2, local_lr=0.05, pseudo_unseen=1,
+      delta_max=2.0, delta_step=0.5))
+  return config
+
+
+def tiny_holistic_data(seed=0):
+  """Four classes; the target labels only classes 0-2."""
+  rng = np.random.default_rng(seed)
+
+  def images(n):
+    return rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
+
+  return ExperimentData(
+      sources=(SourceData("src", images(40), rng.integers(0, 4, 40), 0),),
+      head_classes=((0, 1, 2, 3),), target_head=0,
+      v=(images(12), np.repeat([0, 1, 2], 4)),
+      h=(images(12), np.repeat([0, 1, 2], 4)),
+      u=(images(0), np.zeros(0, np.int64)),
+      test=(images(16), np.repeat([0, 1, 2, 3], 4)))

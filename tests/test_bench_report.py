@@ -148,3 +148,53 @@ def test_warmup_report_pairs_each_run_with_its_unwarmed_twin(tmp_path):
   assert "--config.pseudo_label.members=2" in flags
   assert "--config.lr_warmup_steps=200" in flags
   assert "--config.pseudo_label.stage1_lr_warmup_steps=0" in flags
+
+
+def test_a_dead_run_by_either_definition():
+  health = _load("health")
+  ln5 = 1.6094379
+  # Final H 23 % with C = 5: within 5 points of chance (20 %).
+  assert health.is_dead(0.23, 5, {}) == (True, "final H at chance")
+  assert not health.is_dead(0.26, 5, {})[0]
+  # Every loss of the last 200 steps within 1 % of ln 5 (1.609 +- 0.016).
+  flat = {"loss/s1": ([ln5 + 0.01, ln5 - 0.015], 5),
+          "loss/s2": ([ln5], 5)}
+  assert health.is_dead(0.6, 5, flat) == (True, "every loss at ln C")
+  flat["loss/s2"] = ([ln5 + 0.02], 5)      # 1.2 % off: alive
+  assert not health.is_dead(0.6, 5, flat)[0]
+  assert health.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+
+
+def test_run_health_reads_the_metrics_and_the_logged_losses(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  health = _load("health")
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({
+      "sources": {"s1": {"classes": [5, 6, 7, 8, 9]},
+                  "s2": {"classes": [0, 1, 2]}},
+      "target": {"classes": [5, 6, 7, 8, 9]}}))
+  # H every 100 steps over 2000 steps; the last 1000 steps hold the
+  # evaluations at 1100..2000: 0.8 and 0.9 alternating, std 0.05.
+  curve = [[s, 1.0, 0.5] for s in range(100, 1100, 100)] + [
+      [s, 1.0, 0.8 if (s // 100) % 2 else 0.9] for s in range(1100, 2100, 100)]
+  (run / "metrics.json").write_text(json.dumps({
+      "steps": 2000, "hyperval_accuracy": 0.9, "best_hyperval_accuracy": 0.93,
+      "hyperval_curve": curve, "test_accuracy": 0.88,
+      "test_accuracy_at_best_hyperval": 0.91, "wall_seconds": 60.0}))
+  writer = tf.summary.create_file_writer(str(run / "tb"))
+  with writer.as_default():
+    for step in range(50, 2050, 50):
+      # s1 sits at ln 5 from step 1850 on; s2 (3 classes) never at ln 3.
+      tf.summary.scalar("loss/s1", 1.6094379 if step > 1800 else 0.5,
+                        step=step)
+      tf.summary.scalar("loss/s2", 0.3, step=step)
+  writer.close()
+  result = health.run_health(str(run))
+  assert not result["dead"]                 # s2 still learns
+  assert result["best_minus_final"] == pytest.approx(0.03)
+  assert result["late_h_std"] == pytest.approx(0.05)
+  series = health.scalar_series(str(run / "tb"))
+  assert [s for s, _ in series["loss/s1"]][-4:] == [1850, 1900, 1950, 2000]
+  assert health._head_classes({"sources": {"s2": {"classes": [0, 1, 2]}},
+                               "target": {"classes": [5]}}, "loss/s2") == 3

@@ -208,3 +208,41 @@ def test_real_digits_mnistm_experiment(shared_data, tmp_path):
   assert len(data.test[1]) == 892 + 958 + 1028 + 974 + 1009
   assert data.test[0].shape[1:] == (28, 28, 3)
 
+
+
+def test_digits_mnistm_mnist_halves_share_no_digit():
+  # MNIST-M is built image by image from MNIST, so a digit is identified by
+  # its index in MNIST train: written into two pixels here, and kept by a
+  # stand-in for the MNIST-M recipe (another colour domain, same digits).
+  from conftest import config_file  # pylint: disable=g-import-not-at-top
+  mnist = _synthetic("mnist")
+  ids = np.arange(len(mnist.y_train))
+  x = mnist.x_train.copy()
+  x[:, 0, 0, 0], x[:, 0, 1, 0] = ids // 256, ids % 256
+  mnist = digits.DigitDataset("mnist", x, mnist.y_train, mnist.x_test,
+                              mnist.y_test)
+  mnistm = digits.DigitDataset("mnistm", 255 - np.repeat(x, 3, -1),
+                               mnist.y_train, mnist.x_test, mnist.y_test)
+  config = config_file("digits_mnistm_mnist")
+  config.target.hyperval_size = 30
+  data = experiment.build_experiment(
+      config, seed=0, k=3, loader={"mnist": mnist, "mnistm": mnistm}.get)
+
+  def digit_ids(images, inverted):
+    images = 255 - images if inverted else images
+    return set((images[:, 0, 0, 0].astype(int) * 256
+                + images[:, 0, 1, 0]).tolist())
+
+  s1 = data.sources[[s.name for s in data.sources].index("s1")]
+  source_ids = digit_ids(s1.x, inverted=True)
+  target_ids = set().union(*(digit_ids(part[0], inverted=False)
+                             for part in (data.v, data.h, data.u)))
+  high = set(np.flatnonzero(mnist.y_train >= 5).tolist())
+  assert not source_ids & target_ids
+  assert source_ids | target_ids == high
+  assert abs(len(source_ids) - len(target_ids)) <= 1
+  # S2 is MNIST 0-4 (the target's own domain), the test set MNIST test 5-9.
+  s2 = data.sources[[s.name for s in data.sources].index("s2")]
+  assert digit_ids(s2.x, inverted=False) == set(
+      np.flatnonzero(mnist.y_train < 5).tolist())
+  assert len(data.test[1]) == 25

@@ -2,42 +2,18 @@
 
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import tiny_holistic_config, tiny_holistic_data
 from gradmix_tf import holistic
-from gradmix_tf.data.experiment import ExperimentData, SourceData
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.holistic import HolisticTrainer
 
 
-def _config(**overrides):
-  config = tiny_config(**overrides)
-  config.holistic = ml_collections.ConfigDict(dict(
-      seen_classes=(0, 1, 2), per_class=4, heldout_per_class=4,
-      pretrain_steps=4, distill_weight=1.0, temperature=2.0, local_models=2,
-      leave_out=1, local_steps=2, local_lr=0.05, pseudo_unseen=1,
-      delta_max=2.0, delta_step=0.5))
-  return config
-
-
-def _data(seed=0):
-  """Four classes; the target labels only classes 0-2."""
-  rng = np.random.default_rng(seed)
-
-  def images(n):
-    return rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
-
-  return ExperimentData(
-      sources=(SourceData("src", images(40), rng.integers(0, 4, 40), 0),),
-      head_classes=((0, 1, 2, 3),), target_head=0,
-      v=(images(12), np.repeat([0, 1, 2], 4)),
-      h=(images(12), np.repeat([0, 1, 2], 4)),
-      u=(images(0), np.zeros(0, np.int64)),
-      test=(images(16), np.repeat([0, 1, 2, 3], 4)))
+_config = tiny_holistic_config
+_data = tiny_holistic_data
 
 
 def test_distillation_loss_by_hand():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import config_file as _config
 
 
 def _launch(*args, env=None):
@@ -146,18 +147,6 @@ def test_sweep_script_stops_on_failure(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, PYTHON=sys.executable))
   assert result.returncode == 1 and "a run failed" in result.stderr
-
-
-def _config(name, **overrides):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 @pytest.mark.parametrize("name,method", [

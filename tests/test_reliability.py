@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, tiny_config, tiny_data
+from conftest import REPO, SHARED_DATA, config_file, tiny_config, tiny_data
+from conftest import tiny_holistic_config, tiny_holistic_data
 from gradmix_tf import config_lib
 from gradmix_tf import workdir as run_directory
 
@@ -284,15 +285,7 @@ def test_the_corrected_command_runs_after_a_refusal(shared_data, tmp_path):
 
 
 def _digits_config(**overrides):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "digits_mnistm", os.path.join(REPO, "configs", "digits_mnistm.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  return config_file("digits_mnistm", **overrides)
 
 
 def test_a_damaged_config_of_a_run_that_never_trained_is_written_anew(
@@ -656,25 +649,10 @@ def _poison(model, head):
 
 
 def _holistic_trainer(method, config_overrides, tmp_path, local_lr=0.05):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.data.experiment import ExperimentData, SourceData  # pylint: disable=g-import-not-at-top
   from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
-  config = tiny_config(method=method, **config_overrides)
-  config.holistic = ml_collections.ConfigDict(dict(
-      seen_classes=(0, 1, 2), per_class=4, heldout_per_class=4,
-      pretrain_steps=4, distill_weight=1.0, temperature=2.0, local_models=2,
-      leave_out=1, local_steps=2, local_lr=local_lr, pseudo_unseen=1,
-      delta_max=2.0, delta_step=0.5))
-  rng = np.random.default_rng(0)
-  images = lambda n: rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
-  data = ExperimentData(
-      sources=(SourceData("src", images(40), rng.integers(0, 4, 40), 0),),
-      head_classes=((0, 1, 2, 3),), target_head=0,
-      v=(images(12), np.repeat([0, 1, 2], 4)),
-      h=(images(12), np.repeat([0, 1, 2], 4)),
-      u=(images(0), np.zeros(0, np.int64)),
-      test=(images(16), np.repeat([0, 1, 2, 3], 4)))
-  return HolisticTrainer(config, data, str(tmp_path))
+  config = tiny_holistic_config(method=method, **config_overrides)
+  config.holistic.local_lr = local_lr
+  return HolisticTrainer(config, tiny_holistic_data(), str(tmp_path))
 
 
 # (method, how the run goes non-finite, the step it stops at, the culprit).

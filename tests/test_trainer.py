@@ -176,3 +176,101 @@ def test_vat_without_train_head_leaves_the_head_to_the_labelled_sources(
   np.testing.assert_allclose(cosine(weak, strong), 1.0, atol=1e-5)
   with_vat = _head_step(tmp_path, True, 300.0)
   assert cosine(strong, with_vat) < 1.0 - 1e-3
+
+
+def _first_gradmix_step(tmp_path, method, **overrides):
+  """The first step of `method`, with its gradients recomputed by hand.
+
+  Returns `(stats, source_grads, v_grads, trunk_layers, before, trainer)`:
+  the step's statistics; per source and for V, float64 gradients of each
+  trunk layer (its kernel and bias flattened together) at the initial
+  weights; the trunk layers; their flattened weights before the step.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config = _config(method=method, steps=1, **overrides)
+  data = _data()
+  trainer = Trainer(config, data, str(tmp_path))
+  model = trainer.model
+  layers = [l for l in model.trunk.layers if l.trainable_variables]
+
+  def layer_grads(loss_fn):
+    variables = [v for l in layers for v in l.trainable_variables]
+    with tf.GradientTape() as tape:
+      loss = loss_fn()
+    grads = iter(tape.gradient(loss, variables))
+    return [np.concatenate([next(grads).numpy().ravel().astype(np.float64)
+                            for _ in l.trainable_variables]) for l in layers]
+
+  def mean_cross_entropy(images, labels, head):
+    logits = model(tf.constant(images), head=head, training=True)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.constant(labels), logits=logits))
+
+  indices = [batch_indices(len(s.y), config.batch_size, [config.seed, i],
+                           0, 1)[0] for i, s in enumerate(data.sources)]
+  source_grads = [layer_grads(lambda s=s, i=i: mean_cross_entropy(
+      s.x[i], s.y[i], s.head)) for s, i in zip(data.sources, indices)]
+  v_grads = layer_grads(lambda: mean_cross_entropy(
+      data.v[0], data.v[1], data.target_head))
+  before = [np.concatenate([v.numpy().ravel() for v in l.trainable_variables])
+            for l in layers]
+  stats = trainer.phases[0]["fn"](tuple(tf.constant(i) for i in indices))
+  return stats, source_grads, v_grads, layers, before, trainer
+
+
+def _cosine(a, b):
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_rho_is_the_sum_or_mean_of_layer_cosines_over_every_trunk_layer(
+    tmp_path, reduction):
+  stats, grads, v, layers, _, _ = _first_gradmix_step(
+      tmp_path, "gradmix", rho_reduction=reduction)
+  weights = stats["weights"].numpy()
+  assert weights.shape == (len(layers), 2) and len(layers) == 5  # 4 conv, fc1
+  cosines = [_cosine(sum(w * g[l] for w, g in zip(weights[l], grads)), v[l])
+             for l in range(len(layers))]
+  np.testing.assert_allclose(stats["cosines"].numpy(), cosines, atol=1e-5)
+  expected = sum(cosines) / (len(layers) if reduction == "mean" else 1)
+  np.testing.assert_allclose(float(stats["rho"]), expected, atol=1e-5)
+  # Five layers whose cosines are not all 1: the sum and the mean differ.
+  assert abs(sum(cosines) - sum(cosines) / len(layers)) > 0.1
+
+
+def test_gradmix_sgd_uses_the_meta_gradient_weights(tmp_path):
+  stats, grads, v, layers, _, _ = _first_gradmix_step(tmp_path,
+                                                      "gradmix_sgd")
+  # Ren et al. 2018 at w = 0: w_i ~ max(0, <g_i, v>), normalised per layer.
+  expected = []
+  for l in range(len(layers)):
+    raw = np.maximum([g[l] @ v[l] for g in grads], 0.0)
+    expected.append(raw / raw.sum() if raw.sum() > 0 else np.full(2, 0.5))
+  np.testing.assert_allclose(stats["weights"].numpy(), expected, atol=1e-5)
+  # The exact solver's weights on the same step are another point: a
+  # gradmix_sgd that ran the exact solver would fail the check above.
+  exact, *_ = _first_gradmix_step(tmp_path / "exact", "gradmix")
+  assert np.max(np.abs(exact["weights"].numpy() - np.asarray(expected))) > 0.01
+
+
+@pytest.mark.parametrize("method", ["gradmix", "gradmix_no_adalr"])
+def test_the_update_is_eta_times_lr_times_the_mixed_gradient(tmp_path,
+                                                            method):
+  # beta 1 keeps eta well inside (0, 1) so that eta = 1 is told apart.
+  stats, grads, _, layers, before, trainer = _first_gradmix_step(
+      tmp_path, method, beta=1.0, gamma=0.6)
+  rho, eta = float(stats["rho"]), float(stats["eta"])
+  if method == "gradmix":
+    np.testing.assert_allclose(eta, 1 / (1 + np.exp(-(rho - 0.6))), rtol=1e-6)
+    assert eta < 0.95
+  else:
+    assert eta == 1.0
+  weights = stats["weights"].numpy()
+  lr = float(trainer.config.lr)
+  for l, layer in enumerate(layers):
+    after = np.concatenate([v.numpy().ravel()
+                            for v in layer.trainable_variables])
+    mixed = sum(w * g[l] for w, g in zip(weights[l], grads))
+    # SGD's first step with momentum: theta - (eta * lr) * mixed.
+    np.testing.assert_allclose(after, before[l] - eta * lr * mixed,
+                               rtol=1e-4, atol=1e-6)
