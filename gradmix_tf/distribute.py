@@ -10,13 +10,13 @@
   `launch/local_workers.py` or by the Kubeflow TF operator).
 
 Call `make_strategy` before any other TensorFlow work: logical devices and
-collective ops cannot be configured once TensorFlow has started.
+collective ops cannot be configured once TensorFlow has started. Importing
+this module does not start TensorFlow (`make_strategy` imports it), so the
+launcher can ask `is_chief_process` before it does.
 """
 
 import json
 import os
-
-import tensorflow as tf
 
 from gradmix_tf.errors import ConfigError
 
@@ -25,6 +25,7 @@ DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
 
 def make_strategy(config):
   """The strategy named by `config.distribution`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   kind = config.distribution
   if kind not in DISTRIBUTIONS:
     raise ConfigError(f"unknown distribution {kind!r}: choose one of "
@@ -52,13 +53,33 @@ def make_strategy(config):
   return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def _chief_task(task_type, task_id, has_chief):
+  """The chief is the `chief` task, else worker 0 of a cluster without one;
+  a process outside a cluster is its own chief."""
+  if not task_type or task_type == "chief":
+    return True
+  return task_type == "worker" and int(task_id) == 0 and not has_chief
+
+
 def is_chief(strategy):
   """Whether this process writes checkpoints, summaries and metrics."""
   resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
+  if resolver is None:
     return True
-  if resolver.task_type == "chief":
+  return _chief_task(resolver.task_type, resolver.task_id,
+                     "chief" in resolver.cluster_spec().as_dict())
+
+
+def is_chief_process(config):
+  """`is_chief` of the strategy `make_strategy(config)` will make, read
+  from `config.distribution` and `TF_CONFIG` without starting TensorFlow
+  (`make_strategy` refuses a missing or broken TF_CONFIG)."""
+  if config.distribution != "multi_worker":
     return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return resolver.task_type == "worker" and resolver.task_id == 0 and (
-      not has_chief)
+  try:
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    return _chief_task(task.get("type"), task.get("index", 0),
+                       "chief" in tf_config.get("cluster", {}))
+  except (AttributeError, TypeError, ValueError):
+    return True

@@ -49,27 +49,31 @@ def train(config, workdir):
   """Checks everything, builds the data, trains; returns the metrics dict.
 
   The config (`config_lib.validate`), the workdir and the export directory
-  are checked before TensorFlow starts and before anything is written. Bad
-  input found later, before training (data that cannot give k shots, a
-  corrupt file), removes what this call made: the workdir if it created it,
-  else its `config.json`. The workdir is locked while the run trains
-  (`gradmix_tf.workdir.RunDirectory`). A run that training stopped records
-  `stopped.json` and raises `TrainingError`.
+  are checked first, then the workdir is locked
+  (`gradmix_tf.workdir.RunDirectory`) and its state checked, then the
+  digit data are built (NumPy only): all before TensorFlow starts, so that
+  bad input costs a second. Bad input found before training removes what
+  this call made: the workdir if it created it, else its `config.json`. A
+  run that training stopped records `stopped.json` and raises
+  `TrainingError`.
   """
+  from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(config)
   workdir = workdir or default_workdir(config)
   run_directory.check_directory(workdir, "--workdir")
   if config.export_dir:
     run_directory.check_directory(config.export_dir, "--config.export_dir")
-  # Imported here so `--help` and config errors do not wait for TensorFlow.
-  from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
-  strategy = distribute.make_strategy(config)
-  chief = distribute.is_chief(strategy)
+  chief = distribute.is_chief_process(config)
   with run_directory.RunDirectory(workdir, lock=chief) as run:
     fresh = False
     try:
       fresh = config_lib.prepare_workdir(workdir, config)
-      metrics = _train_in(config, workdir, strategy)
+      experiment = methods.experiment_of(config)
+      # Action data are decoded with TensorFlow: built after the strategy.
+      data = None if experiment == "actions" else _build_data(config)
+      strategy = distribute.make_strategy(config)
+      metrics = _train_in(config, workdir, strategy, data)
     except TrainingError as err:
       if chief:
         run_directory.record_stop(workdir, err)
@@ -85,7 +89,16 @@ def train(config, workdir):
     return metrics
 
 
-def _train_in(config, workdir, strategy):
+def _build_data(config):
+  """The splits of a digit or holistic experiment (NumPy only)."""
+  if "holistic" in config:
+    from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
+    return build_partial_experiment(config, seed=int(config.seed))
+  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
+  return build_experiment(config, seed=int(config.seed), k=int(config.k))
+
+
+def _train_in(config, workdir, strategy, data):
   """Dispatches on the config's experiment and method, trains, exports."""
   from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
   from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
@@ -99,16 +112,12 @@ def _train_in(config, workdir, strategy):
                                    k=int(config.k))
     trainer = Trainer(config, data, workdir, strategy=strategy)
   elif experiment == "holistic":
-    from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
     from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
-    data = build_partial_experiment(config, seed=int(config.seed))
     trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
   else:
     from gradmix_tf import dctn, mdda, mme, pipeline  # pylint: disable=g-import-not-at-top
-    from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
     baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
                  "dctn": dctn.DCTNTrainer}
-    data = build_experiment(config, seed=int(config.seed), k=int(config.k))
     if config.method in pipeline.METHODS:
       return pipeline.run_pseudo_label_pipeline(config, data, workdir,
                                                 strategy)
