@@ -83,7 +83,8 @@ def base_config():
       soft_loss="model_label",
       # "" = <workdir>/stage1. A shared directory lets pipelines on the same
       # data, k and seed (hard and soft labels, an R ablation) train the
-      # grid once; run them one after another, not at the same time.
+      # grid once; run them one after another (a stage-1 run that another
+      # process is training is refused, naming its pid).
       stage1_dir=""))
   # Unlabelled losses as one more GradMix source (gradmix_vat,
   # gradmix_mixmatch; gradmix_tf/semi_supervised.py). Perturbations are in

@@ -43,9 +43,11 @@ import tensorflow as tf
 
 from gradmix_tf import checkpoints
 from gradmix_tf import config_lib
+from gradmix_tf import distribute
 from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
+from gradmix_tf import workdir as run_directory
 from gradmix_tf.data.experiment import SourceData
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.files import write_json_atomically, write_text_atomically
@@ -55,13 +57,16 @@ METHODS = method_names.PSEUDO_LABEL_METHODS
 
 def _run(config, data, workdir, strategy, trainer_class):
   """Runs one stage, or reads its metrics if it finished; a workdir of
-  another config (a shared stage-1 directory of other data) is refused."""
-  config_lib.prepare_workdir(workdir, config)
-  path = os.path.join(workdir, "metrics.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
-  return trainer_class(config, data, workdir, strategy=strategy).run()
+  another config (a shared stage-1 directory of other data) is refused,
+  and so is one another process is training in (its lock)."""
+  with run_directory.RunDirectory(workdir,
+                                  lock=distribute.is_chief(strategy)):
+    config_lib.prepare_workdir(workdir, config)
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        return json.load(f)
+    return trainer_class(config, data, workdir, strategy=strategy).run()
 
 
 def _with(config, **fields):
