@@ -6,6 +6,7 @@ Every mistake on the command line ends the same way: one line
 a traceback.
 """
 
+import logging
 import re
 import sys
 
@@ -55,6 +56,36 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as err:
     fail(unknown_field_message(err))
   return None  # Not reached: fail() exits.
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Drops INFO and DEBUG records logged from inside TensorFlow or Keras."""
+
+  def filter(self, record):
+    if record.levelno >= logging.WARNING:
+      return True
+    path = record.pathname.replace("\\", "/")
+    return not any(f"/{package}/" in path for package in _QUIET_PACKAGES)
+
+
+_QUIET_PACKAGES = ("tensorflow", "keras")
+_LIBRARY_INFO_FILTER = _LibraryInfoFilter()
+
+
+def quiet_tensorflow(verbosity):
+  """Keeps TensorFlow's own INFO lines (checkpoint sharding durations,
+  device placement) out of a run's output, unless `--verbosity=1` or more.
+
+  TensorFlow logs them through its `tensorflow` logger and through absl's
+  (`functional_saver.py`); both are filtered by where the record comes
+  from, so the run's own progress lines stay.
+  """
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  targets = [logging.getLogger("tensorflow"), absl_logging.get_absl_handler()]
+  for target in targets:
+    target.removeFilter(_LIBRARY_INFO_FILTER)
+    if verbosity < 1:
+      target.addFilter(_LIBRARY_INFO_FILTER)
 
 
 def no_positional_arguments(argv):

@@ -302,6 +302,7 @@ def _define_flags():
 
 def main(argv):
   cli.no_positional_arguments(argv)
+  cli.quiet_tensorflow(flags.FLAGS.verbosity)
   values = flags.FLAGS
   if not values.workdir or not values.export_dir:
     cli.fail("--workdir and --export_dir are required")

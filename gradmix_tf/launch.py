@@ -133,6 +133,7 @@ def _train_in(config, workdir, strategy, data):
 
 def main(argv):
   cli.no_positional_arguments(argv)
+  cli.quiet_tensorflow(flags.FLAGS.verbosity)
   if _CONFIG.value is None:
     cli.fail("--config is required: name one of "
              f"{', '.join(config_lib.available_configs())} or a config file "

@@ -42,6 +42,8 @@ def test_quick_gradmix_run_end_to_end_and_resume(shared_data, tmp_path):
     assert json.load(f)["quick"] is True
   assert os.listdir(os.path.join(workdir, "tb"))
   assert "step 30/30" in result.stderr   # the progress display
+  # TensorFlow's own INFO lines stay out (--verbosity=1 brings them back).
+  assert "Sharding callback duration" not in result.stderr
   # The same command again finds the finished checkpoint and trains no more.
   again = _launch(*args)
   assert again.returncode == 0, again.stderr[-3000:]

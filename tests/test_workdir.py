@@ -100,3 +100,25 @@ def test_stopped_json_records_the_step_reason_and_source(tmp_path):
       "step": 12, "reason": "non_finite", "source": "loss/s1"}
   workdir.clear_stop(str(tmp_path))
   assert not (tmp_path / workdir.STOPPED_FILE).exists()
+
+
+def test_tensorflow_info_lines_are_quiet_unless_asked_for():
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import cli  # pylint: disable=g-import-not-at-top
+
+  def record(path, level):
+    return logging.LogRecord("absl", level, path, 1, "x", (), None)
+
+  handler = absl_logging.get_absl_handler()
+  saver = "/site-packages/tensorflow/python/checkpoint/functional_saver.py"
+  ours = "/work/gradmix_tf/trainer.py"
+  try:
+    cli.quiet_tensorflow(0)
+    assert not handler.filter(record(saver, logging.INFO))
+    assert handler.filter(record(saver, logging.WARNING))
+    assert handler.filter(record(ours, logging.INFO))
+    cli.quiet_tensorflow(1)
+    assert handler.filter(record(saver, logging.INFO))
+  finally:
+    cli.quiet_tensorflow(1)
