@@ -102,11 +102,9 @@ def _head_classes(config, loss_name):
 
 def run_health(workdir):
   """Health of one finished run, or None if it has no metrics."""
-  path = os.path.join(workdir, "metrics.json")
-  if not os.path.isfile(path):
+  metrics = runs.finished_metrics(workdir)
+  if metrics is None:
     return None
-  with open(path) as f:
-    metrics = json.load(f)
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   steps = int(metrics["steps"])

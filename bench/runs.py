@@ -24,6 +24,15 @@ def stopped_record(workdir):
     return json.load(f)
 
 
+def finished_metrics(workdir):
+  """The `metrics.json` of a finished run, else None."""
+  path = os.path.join(workdir, "metrics.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _last_error_line(log_path):
   with open(log_path) as f:
     errors = [line.strip() for line in f if line.startswith("error: ")]

@@ -14,7 +14,6 @@ without warm-up (`bench/baselines.py`, `bench/r_ablation.py`).
 """
 
 import argparse
-import json
 import os
 
 import baselines
@@ -71,11 +70,9 @@ def cases(args):
 
 def accuracies(run):
   """(final, best-H) test accuracy (%) of a finished run, or None."""
-  path = os.path.join(run, "metrics.json")
-  if not os.path.isfile(path):
+  record = runs.finished_metrics(run)
+  if record is None:
     return None
-  with open(path) as f:
-    record = json.load(f)
   return (100 * record["test_accuracy"],
           100 * record["test_accuracy_at_best_hyperval"])
 

@@ -1,6 +1,9 @@
 """Shared helpers for the test suite."""
 
+import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -105,3 +108,25 @@ def tiny_holistic_data(seed=0):
       h=(images(12), np.repeat([0, 1, 2], 4)),
       u=(images(0), np.zeros(0, np.int64)),
       test=(images(16), np.repeat([0, 1, 2, 3], 4)))
+
+
+@contextlib.contextmanager
+def workdir_locked_by_another_process(path):
+  """Another live process holds `path`'s run lock inside; yields its pid.
+
+  The process is killed (SIGKILL) on exit.
+  """
+  holder = subprocess.Popen(
+      [sys.executable, "-c",
+       "import sys, time\n"
+       "from gradmix_tf import workdir\n"
+       "with workdir.RunDirectory(sys.argv[1]):\n"
+       "  print('locked', flush=True)\n"
+       "  time.sleep(120)\n", str(path)],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    yield holder.pid
+  finally:
+    holder.kill()
+    holder.wait()

@@ -2,13 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config, tiny_data
+from conftest import tiny_config, tiny_data, workdir_locked_by_another_process
 from gradmix_tf import pipeline
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.trainer import Trainer
@@ -164,23 +162,12 @@ def test_pipelines_share_a_stage1_directory(tmp_path, monkeypatch):
     pipeline.run_pseudo_label_pipeline(warm, tiny_data(),
                                        str(tmp_path / "warm_all"))
   # A stage-1 run another process is training in is refused, with its pid.
-  holder = subprocess.Popen(
-      [sys.executable, "-c",
-       "import sys, time\n"
-       "from gradmix_tf import workdir\n"
-       "with workdir.RunDirectory(sys.argv[1]):\n"
-       "  print('locked', flush=True)\n"
-       "  time.sleep(120)\n", os.path.join(shared, "beta5_gamma0.6")],
-      cwd=REPO, stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(ConfigError, match=rf"in use by another run \(pid "
-                       rf"{holder.pid}\)"):
+  with workdir_locked_by_another_process(
+      os.path.join(shared, "beta5_gamma0.6")) as pid:
+    with pytest.raises(ConfigError,
+                       match=rf"in use by another run \(pid {pid}\)"):
       pipeline.run_pseudo_label_pipeline(hard, tiny_data(),
                                          str(tmp_path / "hard_again"))
-  finally:
-    holder.kill()
-    holder.wait()
   # A stage-1 directory trained on another seed is refused, not reused.
   other = _config("gradmix_hard_label", seed=1)
   other.pseudo_label.stage1_dir = shared

@@ -9,6 +9,7 @@ run that resumes to the same result and an export directory that serves.
 """
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pytest
 
 from conftest import REPO, SHARED_DATA, config_file, tiny_config, tiny_data
 from conftest import tiny_holistic_config, tiny_holistic_data
+from conftest import workdir_locked_by_another_process
 from gradmix_tf import config_lib
 from gradmix_tf import workdir as run_directory
 
@@ -66,24 +68,15 @@ class _Context:
     self.tmp = tmp_path
     self.data = SHARED_DATA
     self._request = request
-    self.processes = []
+    self.cleanup = contextlib.ExitStack()
 
   def read_only(self):
     return self._request.getfixturevalue("read_only_dir")
 
   def hold_lock(self, workdir):
     """A live process holding `workdir`'s lock; returns its pid."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from gradmix_tf import workdir\n"
-         "with workdir.RunDirectory(sys.argv[1]):\n"
-         "  print('locked', flush=True)\n"
-         "  time.sleep(120)\n", str(workdir)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    self.processes.append(holder)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder.pid
+    return self.cleanup.enter_context(
+        workdir_locked_by_another_process(workdir))
 
 
 @pytest.fixture
@@ -257,17 +250,13 @@ def test_bad_launcher_input_is_one_line_and_writes_nothing(case, tmp_path,
                                                            shared_data):
   del shared_data  # Skips where ../shared/data is missing.
   ctx = _Context(tmp_path, request)
-  try:
+  with ctx.cleanup:
     args, fragment = case.setup(ctx), case.fragment
     if isinstance(args, tuple):
       args, fragment = args
     before = _tree(tmp_path)
     _assert_refused(_run("gradmix_tf.launch", *args), fragment)
     assert _tree(tmp_path) == before
-  finally:
-    for process in ctx.processes:
-      process.kill()
-      process.wait()
 
 
 def test_the_corrected_command_runs_after_a_refusal(shared_data, tmp_path):

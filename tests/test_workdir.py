@@ -2,11 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import workdir_locked_by_another_process
 from gradmix_tf import workdir
 from gradmix_tf.errors import ConfigError, TrainingError
 
@@ -61,27 +60,13 @@ def test_check_directory_refuses_a_file_and_a_path_under_a_file(tmp_path):
   assert os.listdir(tmp_path) == ["file"]          # the probe is gone
 
 
-_HOLD = """
-import sys, time
-from gradmix_tf import workdir
-with workdir.RunDirectory(sys.argv[1]):
-  print("locked", flush=True)
-  time.sleep(60)
-"""
-
-
 def test_the_lock_names_the_holder_and_dies_with_it(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
+  with workdir_locked_by_another_process(tmp_path) as pid:
     with pytest.raises(ConfigError,
-                       match=rf"in use by another run \(pid {holder.pid}\)"):
+                       match=rf"in use by another run \(pid {pid}\)"):
       with workdir.RunDirectory(str(tmp_path)):
         pass
-  finally:
-    holder.kill()       # SIGKILL: the kernel releases the lock
-    holder.wait()
+  # The holder was killed (SIGKILL): the kernel released the lock.
   with workdir.RunDirectory(str(tmp_path)):
     with open(tmp_path / workdir.LOCK_FILE) as f:
       assert f.read().strip() == str(os.getpid())
