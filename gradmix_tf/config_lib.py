@@ -363,6 +363,38 @@ def config_path(name):
   return path
 
 
+def load_config(name):
+  """`get_config()` of `configs/<name>.py` (or of a config file's path)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = config_path(name).split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def field_listing(config):
+  """One line per field, `--config.<field>=<value>`, in the config's order,
+  with the choices of choice fields and the methods of `method`."""
+  lines = []
+
+  def walk(section, prefix):
+    for key, value in section.items():
+      dotted = prefix + key
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, dotted + ".")
+        continue
+      choices = CHOICES.get(dotted)
+      if dotted == "method":
+        choices = methods.methods_for(methods.experiment_of(config))
+      hint = f"  (one of {', '.join(choices)})" if choices else ""
+      lines.append(f"  --config.{dotted}={value!r}{hint}")
+
+  walk(config, "")
+  return lines
+
+
 # Config sections that only some methods read. A run records and compares
 # only the sections of its own method, so that changing, say, MixMatch's
 # lambda_u does not orphan finished VAT runs or the shared stage-1 grids.

@@ -146,6 +146,39 @@ def main(argv):
     cli.fail(err)
 
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def help_text(argv):
+  """The launcher's `--help`: configs, methods per experiment, and every
+  field of the named config (default `digits_mnistm`) with its default."""
+  from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
+  name = "digits_mnistm"
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      name = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      name = argv[i + 1]
+  config = config_lib.load_config(name)
+  lines = [
+      "Usage: python -m gradmix_tf.launch --config=<name> "
+      "[--config.<field>=<value> ...] [--workdir=<dir>] [--verbosity=1]",
+      "",
+      f"Configs ({config_lib.configs_dir()}): "
+      f"{', '.join(config_lib.available_configs())}",
+      "Methods (--config.method):"]
+  for experiment in ("digits", "holistic", "actions"):
+    lines.append(f"  {experiment}: "
+                 f"{', '.join(methods.methods_for(experiment))}")
+  lines += ["", f"Fields of --config={name} and their defaults (quick mode "
+            "and the machine's paths are applied when a run starts):"]
+  lines += config_lib.field_listing(config)
+  lines += ["", "Exit status: 0 done, 2 bad input (one error: line), 3 "
+            "training stopped (stopped.json). --helpfull lists absl's "
+            "flags."]
+  return "\n".join(lines)
+
+
 def _resolve_config_argument(argv):
   """Turns `--config=<name>` into `--config=configs/<name>.py`."""
   out = list(argv)
@@ -159,6 +192,9 @@ def _resolve_config_argument(argv):
 
 def run():
   try:
+    if any(arg in _HELP_FLAGS for arg in sys.argv[1:]):
+      print(help_text(sys.argv[1:]))
+      sys.exit(0)
     argv = _resolve_config_argument(sys.argv)
   except UserError as err:
     cli.fail(err)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -250,3 +251,18 @@ def test_a_field_new_in_a_section_resumes_and_a_changed_one_is_named(
   current["vat"]["train_head"] = False
   with pytest.raises(ConfigError, match=r"fields vat\.train_head\)"):
     prepare_workdir(str(tmp_path), ml_collections.ConfigDict(current))
+
+
+def test_help_lists_configs_methods_and_fields_without_tensorflow():
+  started = time.perf_counter()
+  result = _launch("--config=holistic_digits", "--help")
+  elapsed = time.perf_counter() - started
+  assert result.returncode == 0, result.stderr[-2000:]
+  text = result.stdout
+  assert "digits_mnistm_mnist" in text            # the configs
+  assert ("--config.method='fine_tune'  (one of source_only, fine_tune, "
+          "frozen_classifier") in text             # this experiment's methods
+  assert "--config.solver='exact'  (one of exact, slsqp, meta_sgd)" in text
+  assert "--config.holistic.pretrain_steps=1500" in text
+  assert "tensorflow" not in result.stderr.lower()
+  assert elapsed < 10, elapsed                      # about 0.2 s here
