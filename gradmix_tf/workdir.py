@@ -10,8 +10,8 @@
   ends, SIGKILL included) for as long as a run trains there; a second
   process gets one line naming the pid of the first. When the run is
   refused before it trained (`discard_unstarted`), what it made goes again:
-  the whole directory if this process created it, else its `config.json`
-  and lock file.
+  the directories this process created (parents included), else its
+  `config.json` and lock file.
 * `record_stop` / `clear_stop`: `stopped.json` (step, reason, source) for a
   run that training stopped (exit status 3).
 """
@@ -77,11 +77,20 @@ class RunDirectory:
     self.workdir = workdir
     self._lock = lock
     self._handle = None
-    self.created = False
+    # The outermost directory this call creates (`runs/` of
+    # `runs/<config>/<run>`, say), or None when the workdir exists.
+    self._created_root = None
     self._lock_created = False
 
+  @property
+  def created(self):
+    return self._created_root is not None
+
   def __enter__(self):
-    self.created = not os.path.isdir(self.workdir)
+    missing = os.path.abspath(self.workdir)
+    while not os.path.exists(missing):
+      self._created_root = missing
+      missing = os.path.dirname(missing)
     try:
       os.makedirs(self.workdir, exist_ok=True)
     except OSError as err:
@@ -134,7 +143,7 @@ class RunDirectory:
     if started(self.workdir):
       names = [LOCK_FILE] if self._lock_created else []
     elif self.created:
-      shutil.rmtree(self.workdir, ignore_errors=True)
+      shutil.rmtree(self._created_root, ignore_errors=True)
       return
     else:
       names = ([LOCK_FILE] if self._lock_created else []) + (

@@ -39,7 +39,8 @@ def test_a_refused_run_removes_the_directory_it_created(tmp_path):
   with workdir.RunDirectory(str(path)) as run:
     (path / "config.json").write_text("{}")
     run.discard_unstarted(fresh_config=True)
-  assert not path.exists()
+  assert not (tmp_path / "new").exists()     # the parent it made too
+  assert os.listdir(tmp_path) == []
 
 
 def test_a_refused_resumed_run_keeps_its_config(tmp_path):
