@@ -131,12 +131,12 @@ class RunDirectory:
   def discard_unstarted(self, fresh_config):
     """Removes what a refused run made, unless it had trained.
 
-    Args:
-      fresh_config: whether this run wrote `config.json` (a new run).
-
     A workdir opened without the lock (a non-chief worker's view of the
     chief's) is the chief's to tidy, and is left alone. A run that had
     trained keeps everything but the lock file this call made.
+
+    Args:
+      fresh_config: whether this run wrote `config.json` (a new run).
     """
     if not self._lock:
       return
