@@ -198,3 +198,40 @@ def test_run_health_reads_the_metrics_and_the_logged_losses(tmp_path):
   assert [s for s, _ in series["loss/s1"]][-4:] == [1850, 1900, 1950, 2000]
   assert health._head_classes({"sources": {"s2": {"classes": [0, 1, 2]}},
                                "target": {"classes": [5]}}, "loss/s2") == 3
+
+
+def test_death_record_counts_live_units_by_hand_and_records_every_step(
+    tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  record = _load("death_record")
+  data = tiny_data()
+  trainer = Trainer(tiny_config(method="source_only", steps=3), data,
+                    str(tmp_path))
+  trunk = trainer.model.trunk
+  names = [layer.name for layer in record.relu_layers(trunk)]
+  assert names == ["conv1", "conv2", "conv3", "conv4", "fc1"]
+  conv1 = trunk.get_layer("conv1")
+  kernel, bias = conv1.trainable_variables
+  # conv1: channel 0 can never be positive (pixels >= 0, weights <= 0,
+  # bias -1); channel 1 is positive everywhere (bias 1, weights 0).
+  kernel.assign(np.stack([-np.ones(kernel.shape[:-1]),
+                          np.zeros(kernel.shape[:-1])], -1))
+  bias.assign([-1.0, 1.0])
+  fc1_kernel, fc1_bias = trunk.get_layer("fc1").trainable_variables
+  fc1_kernel.assign(np.zeros(fc1_kernel.shape))
+  fc1_bias.assign([1.0, -1.0, 0.0, 2.0])     # 2 of 4 neurons positive
+  live = record.live_fractions(trunk, data.h[0])
+  assert live["conv1"] == 0.5 and live["fc1"] == 0.5
+  records, layer_names = record.record_run(trainer, 3, data.h[0])
+  assert [r["step"] for r in records] == [0, 1, 2, 3]
+  assert records[0]["layers"]["conv1"]["update_norm"] == 0.0
+  assert records[1]["layers"]["fc1"]["update_norm"] > 0.0
+  assert set(records[1]["losses"]) == {"loss/s1", "loss/s2"}
+  # A layer is dead from its first step under 5 % live units.
+  fake = [{"step": s, "layers": {"conv1": {"live": l}, "fc1": {"live": 1.0}}}
+          for s, l in enumerate([1.0, 0.5, 0.04, 0.0])]
+  assert record.first_dead_steps(fake, ["conv1", "fc1"]) == {"conv1": 2,
+                                                             "fc1": None}
+  assert layer_names == names
