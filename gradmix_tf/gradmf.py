@@ -158,6 +158,10 @@ class GradMF(GradMix):
       cosines (off by default: GradMF has no such rule).
     **kwargs: `beta`, `gamma`, `rho_reduction`, `max_consecutive_skips`,
       `name`, as for `GradMix`.
+
+  Raises:
+    ValueError: an unknown mode or update, negative steps, or a `solver`
+      (GradMF solves nothing).
   """
 
   def __init__(self, inner_optimizer, steps=1, angle_threshold=0.0,
@@ -170,8 +174,14 @@ class GradMF(GradMix):
           f"GradMF update must be one of {UPDATES}, got {update!r}.")
     if int(steps) < 0:
       raise ValueError(f"GradMF steps must be >= 0, got {steps}.")
+    if "solver" in kwargs:
+      # As LossScaleOptimizer refuses its inner optimizer's arguments: no
+      # argument is silently dropped.
+      raise ValueError(
+          "GradMF takes no `solver`: its update is the turned source "
+          "gradient projected on V's (`mix_coefficients`), not a solve of "
+          "GradMix's Eq. 6.")
     kwargs.setdefault("name", "gradmf")
-    kwargs.pop("solver", None)
     super().__init__(inner_optimizer, adaptive_lr=adaptive_lr, **kwargs)
     self.steps = int(steps)
     self.angle_threshold = float(angle_threshold)

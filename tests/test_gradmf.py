@@ -187,6 +187,8 @@ def test_config_round_trip_and_bad_arguments():
     GradMF(keras.optimizers.SGD(0.1), mode="both")
   with pytest.raises(ValueError, match="update"):
     GradMF(keras.optimizers.SGD(0.1), update="mix")
+  with pytest.raises(ValueError, match="GradMF takes no `solver`"):
+    GradMF(keras.optimizers.SGD(0.1), solver="exact")
 
 
 def test_gradmix_gram_statistics_feed_gradmf():
