@@ -387,10 +387,29 @@ class Trainer:
     """Source images as the model sees them in training (subclasses)."""
     return images
 
-  def _validation_loss(self):
+  def _validation_loss(self, moves_statistics=True):
+    """Mean cross-entropy of V (or of its frames drawn this step).
+
+    V is normalised with its own batch statistics (`training=True`).
+    Where V trains the model (target only, fine-tuning, joint, MME) its
+    pass also moves batch norm's moving statistics; where V only steers
+    the mix (GradMix, `moves_statistics=False`) it must not train them
+    either, so they are put back after its pass. (The digit ConvNet has no
+    batch norm; ResNet-18 has.)
+    """
     images, labels = self._validation_images()
+    if moves_statistics:
+      logits = self.model(images, head=self.data.target_head, training=True)
+      return cross_entropy(labels, logits)
+    statistics = self.model.non_trainable_variables
+    saved = [tf.identity(v) for v in statistics]
     logits = self.model(images, head=self.data.target_head, training=True)
-    return cross_entropy(labels, logits)
+    loss = cross_entropy(labels, logits)
+    # Ordered after the pass's own updates (automatic control dependencies
+    # keep program order on each variable).
+    for variable, value in zip(statistics, saved):
+      variable.assign(value)
+    return loss
 
   def _target_step(self, optimizer):
     def step(indices):
@@ -486,7 +505,7 @@ class Trainer:
         losses = self._source_losses(indices)
         if self.config.method in UNLABELLED_SOURCE:
           losses.append(self._unlabelled_loss(indices[-1]))
-        val_loss = self._validation_loss()
+        val_loss = self._validation_loss(moves_statistics=False)
       source_grads = [tape.gradient(loss, self.variables) for loss in losses]
       if (self.config.method in UNLABELLED_SOURCE
           and not self._unlabelled_settings().get("train_head", True)):

@@ -274,3 +274,35 @@ def test_the_update_is_eta_times_lr_times_the_mixed_gradient(tmp_path,
     # SGD's first step with momentum: theta - (eta * lr) * mixed.
     np.testing.assert_allclose(after, before[l] - eta * lr * mixed,
                                rtol=1e-4, atol=1e-6)
+
+
+def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path):
+  # ResNet-18 has batch norm: each source's pass moves the moving
+  # statistics; V's pass (it only steers the mix) must not.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config = _config(method="gradmix", steps=1)
+  config.model = ml_collections.ConfigDict(dict(name="resnet18", weights=""))
+  data = _data()
+  trainer = Trainer(config, data, str(tmp_path / "gradmix"))
+  twin = Trainer(config, data, str(tmp_path / "twin"))   # the same init
+
+  def statistics(model):
+    return [v.numpy().copy() for v in model.non_trainable_variables]
+
+  assert statistics(trainer.model)       # moving means and variances
+  for a, b in zip(statistics(trainer.model), statistics(twin.model)):
+    np.testing.assert_array_equal(a, b)
+  indices = [batch_indices(len(s.y), config.batch_size, [config.seed, i],
+                           0, 1)[0] for i, s in enumerate(data.sources)]
+  trainer.phases[0]["fn"](tuple(tf.constant(i) for i in indices))
+  # The twin sees the two source batches only, in the step's order.
+  for source, index in zip(data.sources, indices):
+    twin.model(tf.constant(source.x[index]), head=source.head, training=True)
+  after_step = statistics(trainer.model)
+  for a, b in zip(after_step, statistics(twin.model)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # V's pass would have moved them (so the check above can fail).
+  twin.model(tf.constant(data.v[0]), head=data.target_head, training=True)
+  assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6)
+             for a, b in zip(after_step, statistics(twin.model)))
