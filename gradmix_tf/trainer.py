@@ -398,18 +398,15 @@ class Trainer:
     batch norm; ResNet-18 has.)
     """
     images, labels = self._validation_images()
-    if moves_statistics:
-      logits = self.model(images, head=self.data.target_head, training=True)
-      return cross_entropy(labels, logits)
-    statistics = self.model.non_trainable_variables
+    statistics = ([] if moves_statistics
+                  else self.model.non_trainable_variables)
     saved = [tf.identity(v) for v in statistics]
     logits = self.model(images, head=self.data.target_head, training=True)
-    loss = cross_entropy(labels, logits)
     # Ordered after the pass's own updates (automatic control dependencies
     # keep program order on each variable).
     for variable, value in zip(statistics, saved):
       variable.assign(value)
-    return loss
+    return cross_entropy(labels, logits)
 
   def _target_step(self, optimizer):
     def step(indices):

@@ -130,3 +130,24 @@ def workdir_locked_by_another_process(path):
   finally:
     holder.kill()
     holder.wait()
+
+
+def run_module(module, *args, env=None, timeout=300):
+  """`python -m <module> <args>` from the repository, output captured."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                        capture_output=True, text=True, env=full_env,
+                        timeout=timeout)
+
+
+def assert_one_error_line(result, *fragments):
+  """Exit 2, no traceback or absl FATAL, one `error:` line holding every
+  fragment; returns that line."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "FATAL" not in result.stderr, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+  return lines[0]

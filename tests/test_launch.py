@@ -9,24 +9,15 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_one_error_line, run_module
 from conftest import config_file as _config
 
 
 def _launch(*args, env=None):
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-  return subprocess.run(
-      [sys.executable, "-m", "gradmix_tf.launch", *args], cwd=REPO,
-      capture_output=True, text=True, env=full_env, timeout=300)
+  return run_module("gradmix_tf.launch", *args, env=env)
 
 
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
-  assert len(lines) == 1, result.stderr[-2000:]
-  for fragment in fragments:
-    assert fragment in lines[0]
+_assert_one_line_error = assert_one_error_line
 
 
 def test_quick_gradmix_run_end_to_end_and_resume(shared_data, tmp_path):

@@ -22,7 +22,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, config_file, tiny_config, tiny_data
+from conftest import REPO, SHARED_DATA, assert_one_error_line, config_file
+from conftest import run_module, tiny_config, tiny_data
 from conftest import tiny_holistic_config, tiny_holistic_data
 from conftest import workdir_locked_by_another_process
 from gradmix_tf import config_lib
@@ -31,21 +32,8 @@ from gradmix_tf import workdir as run_directory
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _run(module, *args, timeout=300):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        capture_output=True, text=True, env=ENV,
-                        timeout=timeout)
-
-
-def _assert_refused(result, fragment):
-  """Exit 2, one `error:` line holding `fragment`, no traceback."""
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  assert "FATAL" not in result.stderr, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
-  assert len(lines) == 1, result.stderr[-3000:]
-  assert fragment in lines[0], lines[0]
-  return lines[0]
+_run = run_module
+_assert_refused = assert_one_error_line
 
 
 def _tree(root):
