@@ -46,8 +46,12 @@ def base_config():
   config.target = ml_collections.ConfigDict(dict(
       dataset="", classes=(), half=-1, hyperval_size=1000))
   # Model.
+  # norm: "none" | "batch" (BN without affine before each ReLU);
+  # kernel_initializer: "glorot_uniform" (Keras' default) | "he_normal".
+  # See models.digit_convnet_trunk.
   config.model = ml_collections.ConfigDict(dict(
-      name="digit_convnet", widths=(32, 32, 64, 64), units=128))
+      name="digit_convnet", widths=(32, 32, 64, 64), units=128,
+      norm="none", kernel_initializer="glorot_uniform"))
   # Optimisation (paper section 4.1).
   config.steps = 2000
   config.batch_size = 32           # per source
@@ -58,6 +62,13 @@ def base_config():
   # paper's constant rate. Opt-in: meant for runs whose unnormalised ReLU
   # trunk dies in the first steps at lr 0.05 (docs/RESULTS.md).
   config.lr_warmup_steps = 0
+  # Cosine decay of config.lr to 0 over the last this-many of config.steps
+  # (trainer.main_learning_rate; same optimizers as the warm-up). 0: none.
+  config.lr_decay_steps = 0
+  # Clip the global norm of every update of config.lr's optimizers (the
+  # mixed gradient for GradMix) to this value (Keras `global_clipnorm`).
+  # 0: no clipping (the paper).
+  config.global_clipnorm = 0.0
   config.momentum = 0.9
   config.finetune_lr = 0.005
   # Target only trains on V alone. At lr 0.05 (momentum 0.9) full-batch
@@ -184,6 +195,8 @@ CHOICES = {
     "rho_reduction": ("sum", "mean"),
     "distribution": ("default", "mirrored", "multi_worker"),
     "model.name": ("digit_convnet", "resnet18"),
+    "model.norm": ("none", "batch"),
+    "model.kernel_initializer": ("glorot_uniform", "he_normal"),
     "gradmf.mode": ("global", "layer"),
     "gradmf.update_rule": ("projection", "turned"),
     "pseudo_label.soft_loss": ("model_label", "label_model"),
@@ -196,7 +209,8 @@ RANGES = (
     ("steps", 1, None), ("batch_size", 1, None), ("log_every", 1, None),
     ("eval_every", 1, None), ("checkpoint_every", 1, None),
     ("k", 1, None), ("seed", 0, None), ("finetune_steps", 0, None),
-    ("lr_warmup_steps", 0, None), ("max_consecutive_skips", 1, None),
+    ("lr_warmup_steps", 0, None), ("lr_decay_steps", 0, None),
+    ("global_clipnorm", 0.0, None), ("max_consecutive_skips", 1, None),
     ("max_source_examples", 0, None), ("max_unlabelled", 0, None),
     ("max_test", 0, None), ("logical_cpus", 0, None),
     ("mnistm_seed", 0, None), ("split_seed", 0, None),
@@ -283,6 +297,11 @@ def validate(config):
       bound = (f"at least {low}" if high is None
                else f"between {low} and {high}")
       raise ConfigError(f"config.{dotted} must be {bound}, got {value!r}")
+  if int(config.get("lr_decay_steps", 0)) > int(config.get("steps", 0)):
+    raise ConfigError(
+        f"config.lr_decay_steps ({config.lr_decay_steps}) must not exceed "
+        f"config.steps ({config.steps}): the decay covers the last "
+        "lr_decay_steps of training")
   if float(config.get("momentum", 0.0)) == 1.0:
     raise ConfigError("config.momentum must be below 1 (the paper: 0.9), "
                       "got 1.0")

@@ -24,8 +24,10 @@ FLOPs; `forward_flops` computes it), about 50 MFLOP per trained image.
 Pooling after conv1 rather than conv2 keeps the step small: a GradMix step
 of `digits_mnistm` (2 x 32 source images + 10 V images) takes 47 ms on the
 2-core CPU machine (`python bench/step_time.py`, docs/PERFORMANCE.md), so a
-2000-step run takes under 2 minutes. There is no batch normalisation, so a
-source's forward pass does not depend on the other sources' batches.
+2000-step run takes under 2 minutes. By default there is no batch
+normalisation, so a source's forward pass does not depend on the other
+sources' batches; `norm="batch"` adds it without trainable offset or scale
+(`digit_convnet_trunk`).
 """
 
 import keras
@@ -70,20 +72,58 @@ class MultiHeadClassifier(keras.Model):
     self.built = True
 
 
-def digit_convnet_trunk(widths=(32, 32, 64, 64), units=128):
-  """The 4-conv + fc trunk of the digit experiments (module docstring)."""
+NORMS = ("none", "batch")
+KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
+
+
+def digit_convnet_trunk(widths=(32, 32, 64, 64), units=128, norm="none",
+                        kernel_initializer="glorot_uniform"):
+  """The 4-conv + fc trunk of the digit experiments (module docstring).
+
+  Args:
+    widths: channels of conv1..conv4.
+    units: width of fc1.
+    norm: "none" (the paper's network as we read it: conv + bias + ReLU)
+      or "batch": each conv and fc1 without bias, then
+      `BatchNormalization(center=False, scale=False)`, then ReLU. The
+      normalisation has no trainable offset or scale, so (a) in training
+      every unit's pre-activation has batch mean 0 and variance 1 and is
+      positive on part of every batch: a ReLU unit cannot go dead on the
+      training batches, and (b) the trainable layers stay conv1..conv4 and
+      fc1, the same five layers GradMix mixes without it (rho of Eq. 8
+      sums over the same layers). Its moving mean and variance (momentum
+      0.99) are what evaluation and serving normalise with.
+    kernel_initializer: a Keras initializer name for the conv and dense
+      kernels ("glorot_uniform" is Keras' default, "he_normal" He et al.
+      2015's fan-in ReLU scaling).
+  """
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
   w1, w2, w3, w4 = widths
-  conv = dict(kernel_size=3, padding="same", activation="relu")
+  batch_norm = norm == "batch"
+  common = dict(use_bias=not batch_norm,
+                kernel_initializer=kernel_initializer,
+                activation=None if batch_norm else "relu")
+  conv = dict(kernel_size=3, padding="same", **common)
+
+  def activation(name):
+    """BN (no affine) then ReLU, or nothing when the layer has its ReLU."""
+    if not batch_norm:
+      return []
+    return [keras.layers.BatchNormalization(center=False, scale=False,
+                                            name=f"{name}_bn"),
+            keras.layers.ReLU(name=f"{name}_relu")]
+
   return keras.Sequential([
       keras.layers.Rescaling(1.0 / 255.0, name="rescale"),
-      keras.layers.Conv2D(w1, name="conv1", **conv),
+      keras.layers.Conv2D(w1, name="conv1", **conv), *activation("conv1"),
       keras.layers.MaxPooling2D(2, name="pool1"),
-      keras.layers.Conv2D(w2, name="conv2", **conv),
-      keras.layers.Conv2D(w3, name="conv3", **conv),
+      keras.layers.Conv2D(w2, name="conv2", **conv), *activation("conv2"),
+      keras.layers.Conv2D(w3, name="conv3", **conv), *activation("conv3"),
       keras.layers.MaxPooling2D(2, name="pool2"),
-      keras.layers.Conv2D(w4, name="conv4", **conv),
+      keras.layers.Conv2D(w4, name="conv4", **conv), *activation("conv4"),
       keras.layers.Flatten(name="flatten"),
-      keras.layers.Dense(units, activation="relu", name="fc1"),
+      keras.layers.Dense(units, name="fc1", **common), *activation("fc1"),
   ], name="trunk")
 
 
@@ -106,7 +146,8 @@ def build_model(model_config, input_shape, num_classes_per_head,
                 head_factory=None):
   """Builds the configured network with all its variables created.
 
-  `model_config.name`: `digit_convnet` (`widths`, `units`) or `resnet18`
+  `model_config.name`: `digit_convnet` (`widths`, `units`, `norm`,
+  `kernel_initializer`; `digit_convnet_trunk`) or `resnet18`
   (`weights`: a Keras `.weights.h5` or torchvision `.npz` file of ImageNet
   weights for the trunk, or '' for random weights, which is logged).
   """
@@ -130,7 +171,11 @@ def build_model(model_config, input_shape, num_classes_per_head,
     from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(
         f"unknown model {model_config.name!r}: use digit_convnet or resnet18")
-  trunk = digit_convnet_trunk(tuple(model_config.widths), model_config.units)
+  trunk = digit_convnet_trunk(
+      tuple(model_config.widths), model_config.units,
+      norm=model_config.get("norm", "none"),
+      kernel_initializer=model_config.get("kernel_initializer",
+                                          "glorot_uniform"))
   model = MultiHeadClassifier(trunk, num_classes_per_head, head_factory,
                               name="classifier")
   model.build_all(input_shape)

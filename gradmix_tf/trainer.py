@@ -56,6 +56,7 @@ from gradmix_tf import finite_steps
 from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
+from gradmix_tf import schedules
 from gradmix_tf.evaluation import video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.errors import ConfigError, TrainingError
@@ -103,35 +104,40 @@ def cross_entropy(labels, logits, global_batch=None):
   return tf.reduce_sum(per_example) / float(global_batch)
 
 
-def make_sgd(config, learning_rate):
-  """SGD with `config.momentum` at `learning_rate` (a rate or a schedule)."""
+def make_sgd(config, learning_rate, global_clipnorm=None):
+  """SGD with `config.momentum` at `learning_rate` (a rate or a schedule),
+  clipping the global norm of each update to `global_clipnorm` if given."""
   if not isinstance(learning_rate,
                     keras.optimizers.schedules.LearningRateSchedule):
     learning_rate = float(learning_rate)
   return keras.optimizers.SGD(learning_rate=learning_rate,
-                              momentum=float(config.momentum))
+                              momentum=float(config.momentum),
+                              global_clipnorm=global_clipnorm)
 
 
 def main_learning_rate(config):
-  """`config.lr`, warmed up linearly over `config.lr_warmup_steps` steps.
+  """`config.lr` with `config.lr_warmup_steps` of linear warm-up and a
+  cosine decay to 0 over the last `config.lr_decay_steps` of
+  `config.steps` (`schedules.WarmupHoldCosine`).
 
-  With `N = lr_warmup_steps > 0` the rate at optimizer step `t` (counted
-  from 0; a skipped GradMix step does not count) is `lr * min(t / N, 1)`:
-  Keras `CosineDecay` from 0 with `warmup_target=lr` and `alpha=1`, which
-  holds `lr` after the warm-up instead of decaying. GradMix's `eta` (Eq. 9)
-  multiplies this rate. `N = 0` (the default) is the paper's constant rate.
+  Steps are optimizer steps counted from 0 (a skipped GradMix step does not
+  count). GradMix's `eta` (Eq. 9) multiplies this rate. Both 0 (the
+  default) is the paper's constant rate.
   """
   warmup_steps = int(config.get("lr_warmup_steps", 0))
-  if warmup_steps <= 0:
+  decay_steps = int(config.get("lr_decay_steps", 0))
+  if warmup_steps <= 0 and decay_steps <= 0:
     return float(config.lr)
-  return keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0, decay_steps=1, alpha=1.0,
-      warmup_target=float(config.lr), warmup_steps=warmup_steps)
+  return schedules.WarmupHoldCosine(
+      float(config.lr), total_steps=int(config.steps),
+      warmup_steps=warmup_steps, decay_steps=decay_steps)
 
 
 def make_main_sgd(config):
-  """SGD at the main training rate (`main_learning_rate`)."""
-  return make_sgd(config, main_learning_rate(config))
+  """SGD at the main training rate (`main_learning_rate`), with
+  `config.global_clipnorm` (0: no clipping)."""
+  clipnorm = float(config.get("global_clipnorm", 0.0)) or None
+  return make_sgd(config, main_learning_rate(config), clipnorm)
 
 
 def make_gradmix(config, method):

@@ -2,6 +2,7 @@
 
 import ml_collections
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from gradmix_tf.models import build_model, forward_flops
@@ -55,3 +56,54 @@ def test_a_model_only_checkpoint_restores_every_head(tmp_path):
   for a, b in zip(model.weights, other.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   assert len(model.trainable_variables) == 14   # no head counted twice
+
+
+def _batch_norm_model(kernel_initializer="glorot_uniform"):
+  return build_model(ml_collections.ConfigDict(dict(
+      name="digit_convnet", widths=(4, 4, 8, 8), units=16, norm="batch",
+      kernel_initializer=kernel_initializer)), (28, 28, 3), (5, 3))
+
+
+def test_batch_norm_trunk_mixes_the_same_five_layers_without_biases():
+  from gradmix_tf.optimizer import layer_name  # pylint: disable=g-import-not-at-top
+  model = _batch_norm_model()
+  trunk_layers = sorted({layer_name(v) for v in model.trunk.trainable_variables})
+  assert [name.rsplit("/", 1)[-1] for name in trunk_layers] == [
+      "conv1", "conv2", "conv3", "conv4", "fc1"]
+  assert all(v.path.endswith("kernel") for v in model.trunk.trainable_variables)
+  # Moving mean and variance of five normalisations, none trainable.
+  assert len(model.trunk.non_trainable_variables) == 10
+
+
+def test_batch_norm_keeps_every_relu_alive_on_the_training_batch():
+  # All-negative conv1 kernels on non-negative pixels: without
+  # normalisation every conv1 ReLU is 0 on every image (dead). With it
+  # each channel is normalised with its batch statistics, numpy's
+  # (x - mean) / sqrt(var + 1e-3), and is positive on part of the batch.
+  model = _batch_norm_model()
+  conv1 = model.trunk.get_layer("conv1")
+  conv1.kernel.assign(-np.abs(conv1.kernel.numpy()) - 0.1)
+  images = np.random.default_rng(0).uniform(0, 255, (16, 28, 28, 3)).astype(
+      np.float32)
+  rescaled = model.trunk.get_layer("rescale")(images)
+  pre = conv1(rescaled).numpy()
+  assert pre.max() < 0.0
+  mean, var = pre.mean(axis=(0, 1, 2)), pre.var(axis=(0, 1, 2))
+  expected = np.maximum((pre - mean) / np.sqrt(var + 1e-3), 0.0)
+  relu = model.trunk.get_layer("conv1_relu")(
+      model.trunk.get_layer("conv1_bn")(pre, training=True))
+  np.testing.assert_allclose(relu.numpy(), expected, rtol=1e-3, atol=1e-4)
+  assert np.all((relu.numpy() > 0).mean(axis=(0, 1, 2)) > 0.2)
+
+
+def test_he_normal_kernels_have_fan_in_variance():
+  # He et al.: std sqrt(2 / fan_in) (Keras truncates at 2 std and widens
+  # the draw to keep it); Glorot uniform: sqrt(2 / (fan_in + fan_out)).
+  # conv4 (3x3, 8 -> 8 channels): fan_in = fan_out = 72, 576 weights:
+  # 0.1667 against 0.1179.
+  def conv4_std(initializer):
+    kernel = _batch_norm_model(initializer).trunk.get_layer("conv4").kernel
+    return float(np.std(kernel.numpy()))
+  assert conv4_std("he_normal") == pytest.approx(np.sqrt(2 / 72), rel=0.1)
+  assert conv4_std("glorot_uniform") == pytest.approx(np.sqrt(2 / 144),
+                                                      rel=0.1)

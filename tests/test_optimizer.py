@@ -287,3 +287,31 @@ def test_meta_sgd_weights_follow_the_finite_difference_meta_gradient():
       (source_grads @ source_grads.T)[None], (source_grads @ v)[None],
       "meta_sgd").numpy()[0]
   np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
+def test_global_clipnorm_clips_the_mixed_gradient_by_hand():
+  # The step of test_single_step_by_hand with config.global_clipnorm 0.1
+  # on the inner SGD (lr 0.1, no momentum): eta * lr scales the rate, the
+  # clip acts on the gradient the inner optimizer receives, which is the
+  # mixed trunk gradient (1/3, 2/3) and head gradients 0.4, -0.2 together:
+  # global norm sqrt(1/9 + 4/9 + 0.16 + 0.04) = 0.8717798 -> factor
+  # 0.1 / 0.8717798 = 0.1147079.
+  config = base_config()
+  config.lr, config.momentum, config.global_clipnorm = 0.1, 0.0, 0.1
+  variables = _variables()
+  optimizer = GradMix(make_main_sgd(config), beta=2.0, gamma=1.0)
+  source_grads = [[tf.constant([1.0, 0.0]), tf.constant([0.4]), None],
+                  [tf.constant([0.0, 1.0]), None, tf.constant([-0.2])]]
+  val_grads = [tf.constant([1.0, 2.0]), tf.constant([9.0]), None]
+  stats = optimizer.apply_gradmix(source_grads, val_grads, variables)
+  eta = 0.7310586
+  assert float(stats["eta"]) == pytest.approx(eta, abs=1e-6)
+  factor = 0.1 / np.sqrt(1 / 9 + 4 / 9 + 0.16 + 0.04)
+  np.testing.assert_allclose(
+      variables[0].numpy(),
+      np.array([1.0, 2.0]) - 0.1 * eta * factor * np.array([1 / 3, 2 / 3]),
+      atol=1e-6)
+  np.testing.assert_allclose(variables[1].numpy(),
+                             [0.5 - 0.1 * eta * factor * 0.4], atol=1e-6)
+  np.testing.assert_allclose(variables[2].numpy(),
+                             [0.3 + 0.1 * eta * factor * 0.2], atol=1e-6)

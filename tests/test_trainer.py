@@ -31,6 +31,16 @@ def test_main_learning_rate_warms_up_linearly_then_holds():
   assert main_learning_rate(_config(lr=0.05)) == 0.05
 
 
+def test_main_learning_rate_decays_over_the_last_steps_of_the_run():
+  rate = main_learning_rate(_config(lr=0.05, steps=8, lr_decay_steps=4))
+  # 0.05 until step 4, then 0.05 * (1 + cos(pi j / 4)) / 2.
+  np.testing.assert_allclose(
+      [float(rate(t)) for t in range(8)],
+      [0.05] * 4 + [0.05, 0.0426777, 0.025, 0.0073223], rtol=1e-5)
+  with pytest.raises(ConfigError, match="lr_decay_steps .* must not exceed"):
+    config_lib.resolve(_config(steps=8, lr_decay_steps=9))
+
+
 def test_a_warmup_longer_than_the_run_barely_moves_the_weights(tmp_path):
   # 6 steps of a 10**9-step ramp run at rates below 6e-9 * lr: the
   # weights stay where they started, where without warm-up they move.
@@ -276,13 +286,20 @@ def test_the_update_is_eta_times_lr_times_the_mixed_gradient(tmp_path,
                                rtol=1e-4, atol=1e-6)
 
 
-def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path):
-  # ResNet-18 has batch norm: each source's pass moves the moving
-  # statistics; V's pass (it only steers the mix) must not.
+@pytest.mark.parametrize("network", ["resnet18", "digit_convnet_batch_norm"])
+def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path,
+                                                                  network):
+  # ResNet-18 and the digit ConvNet with norm="batch" have batch norm: each
+  # source's pass moves the moving statistics; V's pass (it only steers
+  # the mix) must not.
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = _config(method="gradmix", steps=1)
-  config.model = ml_collections.ConfigDict(dict(name="resnet18", weights=""))
+  if network == "resnet18":
+    config.model = ml_collections.ConfigDict(dict(name="resnet18",
+                                                  weights=""))
+  else:
+    config.model.norm = "batch"
   data = _data()
   trainer = Trainer(config, data, str(tmp_path / "gradmix"))
   twin = Trainer(config, data, str(tmp_path / "twin"))   # the same init
