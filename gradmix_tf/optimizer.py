@@ -30,7 +30,20 @@ apply-or-skip decision runs in cross-replica context, as in
 
 A step with any non-finite source or validation gradient is skipped and
 counted (`skipped_steps`, `consecutive_skips`); the trainer stops after
-`max_consecutive_skips`.
+`max_consecutive_skips` skips in a row, and the optimizer itself raises
+`tf.errors.InvalidArgumentError` on the next one, so a custom loop cannot
+skip forever without a word.
+
+`apply(grads)` (what `model.fit` and `apply_gradients` call) takes one
+gradient list, which has nothing to mix: it raises unless inside
+`with optimizer.plain_steps():`, where it is a step of the inner optimizer.
+
+Mixed precision: `GradMix(keras.optimizers.LossScaleOptimizer(SGD(...)))`.
+Compute every loss as `optimizer.scale_loss(loss)`. The Gram statistics and
+the solve are float32 and invariant to the common loss scale; the mixed
+gradient goes to the loss-scale optimizer's own `apply`, which unscales it,
+applies it at `eta * alpha` and grows its scale. A skipped step hands it a
+non-finite gradient instead, so its own policy halves the scale.
 
 Subclass and override `solve_weights(gram, cross)`,
 `learning_rate_scale(rho)` or, for updates that are not a weighting of the
@@ -58,6 +71,14 @@ def layer_name(variable):
   """The layer a variable belongs to: its path without the last component."""
   path = getattr(variable, "path", None) or variable.name
   return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def _rate_owner(optimizer):
+  """The optimizer whose learning rate steps are taken at: a
+  `LossScaleOptimizer`'s rate is its inner optimizer's."""
+  while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    optimizer = optimizer.inner_optimizer
+  return optimizer
 
 
 @contextlib.contextmanager
@@ -91,8 +112,9 @@ class GradMix(keras.optimizers.Optimizer):
       `"meta_sgd"` (GradMix SGD, Ren et al. 2018).
     adaptive_lr: `False` gives GradMix w/o AdaLR (`eta = 1`).
     rho_reduction: `"sum"` over mixed layers (Eq. 8) or `"mean"`.
-    max_consecutive_skips: how many non-finite steps in a row the trainer
-      tolerates before stopping (read by the trainer, kept in the config).
+    max_consecutive_skips: how many non-finite steps in a row are skipped;
+      the trainer stops after that many, and the next one in a row raises
+      `tf.errors.InvalidArgumentError` here.
     name: optimizer name.
 
   Raises:
@@ -130,7 +152,11 @@ class GradMix(keras.optimizers.Optimizer):
     self.adaptive_lr = bool(adaptive_lr)
     self.rho_reduction = rho_reduction
     self.max_consecutive_skips = int(max_consecutive_skips)
+    if self.max_consecutive_skips < 1:
+      raise ValueError("max_consecutive_skips must be at least 1, got "
+                       f"{max_consecutive_skips!r}.")
     self.mixed_layer_names = None
+    self._plain_steps = False
 
   def build(self, var_list):
     if self.built:
@@ -193,11 +219,42 @@ class GradMix(keras.optimizers.Optimizer):
   # -- The step ---------------------------------------------------------------
 
   def apply(self, grads, trainable_variables=None):
-    """A single-gradient step is an ordinary step of the inner optimizer."""
+    """One gradient list: a step of the inner optimizer in `plain_steps()`.
+
+    Raises:
+      ValueError: outside `plain_steps()`. `model.fit` with
+        `compile(optimizer=GradMix(...))` ends here: it has one loss, so
+        there is nothing to mix, and training on silently with the inner
+        optimizer would not be GradMix.
+    """
+    if not self._plain_steps:
+      raise ValueError(
+          "GradMix got a single gradient list (apply / apply_gradients, "
+          "e.g. from model.fit): it mixes one gradient list per source "
+          "toward the gradient of V. Call "
+          "apply_gradmix(source_grads, validation_grads, variables) in your "
+          "train step, or wrap a step that is meant to be a plain step of "
+          "the inner optimizer in `with optimizer.plain_steps():`.")
     if not self.built:
       self.build(trainable_variables)
       self.built = True
     self.inner_optimizer.apply(grads, trainable_variables)
+
+  @contextlib.contextmanager
+  def plain_steps(self):
+    """Lets `apply(grads)` run the inner optimizer (a one-source phase).
+
+    Only while the step is traced or run eagerly inside the block.
+    """
+    previous, self._plain_steps = self._plain_steps, True
+    try:
+      yield self
+    finally:
+      self._plain_steps = previous
+
+  def scale_loss(self, loss):
+    """The loss times the inner optimizer's loss scale (mixed precision)."""
+    return self.inner_optimizer.scale_loss(loss)
 
   def apply_gradmix(self, source_grads, validation_grads,
                     trainable_variables):
@@ -278,8 +335,13 @@ class GradMix(keras.optimizers.Optimizer):
           mixed)
     pairs = [(g, v) for g, v in zip(mixed_grads, trainable_variables)
              if g is not None]
-    applied = self._apply_unless_non_finite(
-        all_finite, [g for g, _ in pairs], [v for _, v in pairs], eta)
+    grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+      applied = self._apply_with_loss_scale(all_finite, grads, variables, eta,
+                                            nonfinite_source)
+    else:
+      applied = self._apply_unless_non_finite(all_finite, grads, variables,
+                                              eta, nonfinite_source)
     return {
         "weights": weights,
         "cosines": cosines,
@@ -294,19 +356,30 @@ class GradMix(keras.optimizers.Optimizer):
   def _apply_inner(self, grads, variables, eta):
     # tf.identity puts every gradient inside the calling cond branch's graph,
     # as the inner optimizer's all-reduce (a custom gradient) requires.
-    with _learning_rate_scaled_by(self.inner_optimizer, eta):
+    with _learning_rate_scaled_by(_rate_owner(self.inner_optimizer), eta):
       self.inner_optimizer.apply([tf.identity(g) for g in grads], variables)
 
   def _applied(self):
     self.consecutive_skips.assign(0)
     return tf.constant(True)
 
-  def _skipped(self):
+  def _skipped(self, nonfinite_source):
     self.skipped_steps.assign_add(1)
     self.consecutive_skips.assign_add(1)
-    return tf.constant(False)
+    # The trainer stops after max_consecutive_skips in a row; a loop that
+    # goes on gets this error on the next one.
+    check = tf.debugging.Assert(
+        self.consecutive_skips <= self.max_consecutive_skips,
+        [f"GradMix skipped more than {self.max_consecutive_skips} "
+         "consecutive steps with non-finite gradients (index of the last "
+         "culprit, sources 0..k-1, k = V):", nonfinite_source,
+         "lower the learning rate, check that source's data, or raise "
+         "max_consecutive_skips"])
+    with tf.control_dependencies([check]):
+      return tf.constant(False)
 
-  def _apply_unless_non_finite(self, all_finite, grads, variables, eta):
+  def _apply_unless_non_finite(self, all_finite, grads, variables, eta,
+                               nonfinite_source):
     """Applies the mixed step, or skips it; returns whether it applied.
 
     `all_finite` comes from all-reduced statistics, so every replica takes
@@ -315,7 +388,23 @@ class GradMix(keras.optimizers.Optimizer):
     """
     return finite_steps.apply_or_skip(
         all_finite, lambda g, e: self._apply_inner(g, variables, e),
-        (grads, eta), self._applied, self._skipped)
+        (grads, eta), self._applied,
+        lambda: self._skipped(nonfinite_source))
+
+  def _apply_with_loss_scale(self, all_finite, grads, variables, eta,
+                             nonfinite_source):
+    """The step through a `LossScaleOptimizer`, which always sees it.
+
+    Finite: the mixed gradient (still scaled) goes to its `apply`, which
+    unscales, applies and counts toward growing the scale. Skipped: it gets
+    the gradient plus NaN, so its own check agrees and halves the scale.
+    """
+    poison = tf.where(all_finite, 0.0, float("nan"))
+    self._apply_inner([g + tf.cast(poison, g.dtype) for g in grads],
+                      variables, eta)
+    return finite_steps.apply_or_skip(
+        all_finite, lambda: None, (), self._applied,
+        lambda: self._skipped(nonfinite_source))
 
   def _finite_per_source(self, gram, v_sq, source_grads, heads):
     """`[k + 1]` booleans: every gradient of source i (and of V) is finite.

@@ -315,3 +315,104 @@ def test_global_clipnorm_clips_the_mixed_gradient_by_hand():
                              [0.5 - 0.1 * eta * factor * 0.4], atol=1e-6)
   np.testing.assert_allclose(variables[2].numpy(),
                              [0.3 + 0.1 * eta * factor * 0.2], atol=1e-6)
+
+
+def _hand_step_grads(scale=1.0):
+  """The gradients of test_single_step_by_hand, times `scale`."""
+  source_grads = [[tf.constant([1.0, 0.0]) * scale,
+                   tf.constant([0.4]) * scale, None],
+                  [tf.constant([0.0, 1.0]) * scale, None,
+                   tf.constant([-0.2]) * scale]]
+  val_grads = [tf.constant([1.0, 2.0]) * scale, tf.constant([9.0]) * scale,
+               None]
+  return source_grads, val_grads
+
+
+def _with_inf(source_grads):
+  poisoned = [list(g) for g in source_grads]
+  poisoned[0][0] = tf.constant([np.inf, 0.0])
+  return poisoned
+
+
+def test_a_single_gradient_list_is_refused_outside_plain_steps():
+  variables = [keras.Variable(np.array([1.0, 2.0], np.float32))]
+  optimizer = GradMix(keras.optimizers.SGD(0.1))
+  with pytest.raises(ValueError, match="single gradient list.*apply_gradmix"):
+    optimizer.apply([tf.constant([1.0, 1.0])], variables)
+  with pytest.raises(ValueError, match="single gradient list"):
+    optimizer.apply_gradients([(tf.constant([1.0, 1.0]), variables[0])])
+  np.testing.assert_array_equal(variables[0].numpy(), [1.0, 2.0])
+  # Declared plain: SGD's step, 0.1 * (1, -1).
+  with optimizer.plain_steps():
+    optimizer.apply([tf.constant([1.0, -1.0])], variables)
+  np.testing.assert_allclose(variables[0].numpy(), [0.9, 2.1], atol=1e-7)
+  with pytest.raises(ValueError, match="single gradient list"):
+    optimizer.apply([tf.constant([1.0, 1.0])], variables)
+
+
+def test_compile_and_fit_with_gradmix_cannot_train_silently():
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  model.compile(optimizer=GradMix(keras.optimizers.SGD(0.1)),
+                loss="sparse_categorical_crossentropy")
+  before = [w.numpy().copy() for w in model.weights]
+  with pytest.raises(ValueError, match="single gradient list"):
+    model.fit(np.ones((4, 3), np.float32), np.zeros(4, np.int32), verbose=0)
+  for w, b in zip(model.weights, before):
+    np.testing.assert_array_equal(w.numpy(), b)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_the_optimizer_raises_on_the_skip_after_its_limit(graph):
+  variables = _variables()
+  optimizer = GradMix(keras.optimizers.SGD(0.1), max_consecutive_skips=2)
+  finite, val = _hand_step_grads()
+  nonfinite = _with_inf(finite)
+
+  def step(grads):
+    return optimizer.apply_gradmix(grads, val, variables)["applied"]
+
+  if graph:
+    step = tf.function(step)
+  assert not bool(step(nonfinite))
+  assert not bool(step(nonfinite))
+  assert bool(step(finite))             # a finite step resets the count
+  assert not bool(step(nonfinite))
+  assert not bool(step(nonfinite))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="skipped more than 2 consecutive steps"):
+    step(nonfinite)
+  assert int(optimizer.skipped_steps) == 5
+
+
+def test_a_loss_scale_overflow_halves_the_scale_then_steps_apply():
+  # GradMix(LossScaleOptimizer(SGD(0.1))), scale 2**15, growth every 2
+  # steps. Gradients arrive scaled by the loss scale.
+  variables = _variables()
+  scaled = keras.optimizers.LossScaleOptimizer(
+      keras.optimizers.SGD(0.1), initial_scale=2.0**15, dynamic_growth_steps=2)
+  optimizer = GradMix(scaled, beta=2.0, gamma=1.0)
+  assert float(optimizer.scale_loss(tf.constant(1.0))) == 2.0**15
+  source_grads, val_grads = _hand_step_grads(2.0**15)
+  # 1. An overflow: skipped, nothing moves, the scale halves.
+  stats = optimizer.apply_gradmix(_with_inf(source_grads), val_grads,
+                                  variables)
+  assert not bool(stats["applied"])
+  assert float(scaled.dynamic_scale) == 2.0**14
+  np.testing.assert_array_equal(variables[0].numpy(), [1.0, 2.0])
+  # 2. Gradients at the new scale: the hand step of
+  # test_single_step_by_hand (weights, eta and the unscaled update).
+  source_grads, val_grads = _hand_step_grads(2.0**14)
+  stats = optimizer.apply_gradmix(source_grads, val_grads, variables)
+  assert bool(stats["applied"])
+  np.testing.assert_allclose(stats["weights"].numpy(), [[1 / 3, 2 / 3]],
+                             atol=1e-6)
+  assert float(stats["eta"]) == pytest.approx(0.7310586, abs=1e-6)
+  np.testing.assert_allclose(variables[0].numpy(), [0.9756314, 1.9512628],
+                             atol=1e-6)
+  np.testing.assert_allclose(variables[1].numpy(), [0.4707577], atol=1e-6)
+  assert float(scaled.dynamic_scale) == 2.0**14
+  # 3. A second finite step: dynamic_growth_steps reached, scale doubles.
+  optimizer.apply_gradmix(source_grads, val_grads, variables)
+  assert float(scaled.dynamic_scale) == 2.0**15
+  assert int(optimizer.skipped_steps) == 1
+  assert int(optimizer.iterations) == 2
