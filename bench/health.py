@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+import paired
 from report import replace_block  # pylint: disable=g-import-not-at-top
 import runs
 import table1
@@ -126,6 +127,7 @@ def run_health(workdir):
       "best_minus_final": (metrics["best_hyperval_accuracy"]
                            - metrics["hyperval_accuracy"]),
       "late_h_std": float(late.std()) if len(late) > 1 else 0.0,
+      "final_h": metrics["hyperval_accuracy"],
       "test": metrics["test_accuracy"],
       "test_at_best_h": metrics["test_accuracy_at_best_hyperval"],
       "train_seconds": metrics.get("train_seconds", metrics["wall_seconds"]),
@@ -135,10 +137,11 @@ def run_health(workdir):
 def health_table(runs_dir, methods, ks, seeds):
   """Markdown rows, one per (method, k), and the training minutes."""
   rows = ["| method | k | runs | dead | stopped | mean best-H - final H "
-          "(points) | mean std of H, last 1000 steps (points) | final test "
-          "% (mean ± s.e.) | dead seeds |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "(points) | mean std of H, last 1000 steps (points) | final H % "
+          "(mean ± s.e.) | final test % (mean ± s.e.) | dead seeds |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
   minutes = 0.0
+  finals = {}
   for method in methods:
     for k in ks:
       if method == "source_only" and k != ks[0]:
@@ -153,6 +156,7 @@ def health_table(runs_dir, methods, ks, seeds):
         if health is None:
           continue
         found.append(health)
+        finals.setdefault((method, k), {})[seed] = health["test"]
         minutes += health["train_seconds"] / 60.0
         if health["dead"]:
           dead_seeds.append(f"{seed} ({health['why']})")
@@ -167,9 +171,10 @@ def health_table(runs_dir, methods, ks, seeds):
           f"{'any' if method == 'source_only' else k} | "
           f"{len(found) + len(stopped)} | {len(dead_seeds)} | {len(stopped)} "
           f"| {gap:.2f} | {std:.2f} | "
+          f"{table1.mean_se([h['final_h'] for h in found])} | "
           f"{table1.mean_se([h['test'] for h in found])} | "
           f"{', '.join(dead_seeds) or '–'} |")
-  return rows, minutes
+  return rows, minutes, finals
 
 
 TEMPLATE = """### Training health: `{config}`{variant_title}
@@ -183,6 +188,11 @@ training. Command (resumable):
     {command}
 
 {table}
+
+Paired by seed (same V, same initial weights), final test accuracy
+(`bench/paired.py`; Wilcoxon signed-rank, two-sided):
+
+{paired}
 """
 
 
@@ -220,7 +230,7 @@ def main():
               table1.launch_flags(method, k, seed, args.steps, args.extra,
                                   config=args.config))
           print(f"seed {seed} k={k} {method}: {status}", flush=True)
-  rows, minutes = health_table(runs_dir, methods, ks, seeds)
+  rows, minutes, finals = health_table(runs_dir, methods, ks, seeds)
   command = " ".join(
       ["python bench/health.py", f"--config={args.config}",
        f"--seeds={args.seeds}", f"--ks={args.ks}", f"--steps={args.steps}"]
@@ -231,7 +241,8 @@ def main():
       variant_title=f", {args.variant}" if args.variant else
       " (current protocol)",
       seeds=args.seeds, minutes=minutes, command=command,
-      table="\n".join(rows))
+      table="\n".join(rows),
+      paired="\n".join(paired.paired_rows(finals, table1.LABELS, ks)))
   replace_block(args.out, f"health_{args.config}_{args.variant or 'protocol'}",
                 text)
   print(text)

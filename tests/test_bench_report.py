@@ -235,3 +235,37 @@ def test_death_record_counts_live_units_by_hand_and_records_every_step(
   assert record.first_dead_steps(fake, ["conv1", "fc1"]) == {"conv1": 2,
                                                              "fc1": None}
   assert layer_names == names
+
+
+def test_paired_difference_by_hand_and_an_exact_wilcoxon_by_enumeration():
+  import itertools  # pylint: disable=g-import-not-at-top
+  paired = _load("paired")
+  a = {0: 0.91, 1: 0.92, 2: 0.93, 3: 0.895, 4: 0.94, 7: 0.5}
+  b = {0: 0.90, 1: 0.90, 2: 0.90, 3: 0.90, 4: 0.90}
+  found = paired.paired_difference(a, b)
+  assert found["seeds"] == [0, 1, 2, 3, 4]          # seed 7 is unpaired
+  assert found["differences"] == pytest.approx([1, 2, 3, -0.5, 4])
+  assert found["mean"] == pytest.approx(1.9)
+  # squared deviations 0.81 + 0.01 + 1.21 + 5.76 + 4.41 = 12.2, / 4.
+  assert found["se"] == pytest.approx((12.2 / 4) ** 0.5 / 5 ** 0.5)
+  assert found["wins"] == 4
+  # |d| ranks 2, 3, 4, 1, 5: W- = 1. Under H0 each sign is a coin flip;
+  # count the 2^5 sign patterns whose smaller rank sum is <= 1.
+  ranks = [1, 2, 3, 4, 5]
+  extreme = sum(
+      min(sum(r for r, s in zip(ranks, signs) if s),
+          sum(r for r, s in zip(ranks, signs) if not s)) <= 1
+      for signs in itertools.product([0, 1], repeat=5))
+  assert extreme == 4
+  assert found["p"] == pytest.approx(extreme / 32)
+
+
+def test_paired_rows_name_the_pair_k_and_every_seed():
+  paired = _load("paired")
+  values = {("gradmix", 2): {0: 0.9, 1: 0.8}, ("fine_tune", 2): {0: 0.85,
+                                                                 1: 0.82}}
+  rows = paired.paired_rows(values, {"gradmix": "GradMix",
+                                     "fine_tune": "Fine-tune"}, [2, 5])
+  assert len(rows) == 3                   # header, rule, one row (k=2 only)
+  assert rows[2].startswith("| GradMix − Fine-tune | 2 | 2 | +1.50 ± 3.50")
+  assert "0: +5.0, 1: -2.0" in rows[2]
