@@ -311,6 +311,35 @@ def validate(config):
       _number(dotted, value)
   for name, role in _roles(config):
     _check_role(name, role)
+  _check_model_weights(config)
+
+
+def _check_model_weights(config):
+  """ResNet-18 needs its ImageNet weights, or `random` said explicitly.
+
+  The paper: ImageNet initialisation "is important for all baseline
+  methods to perform well". Quick mode (generated fixtures) may leave the
+  field empty and starts from random weights with a warning.
+  """
+  if _field(config, "model.name") != "resnet18":
+    return
+  weights = config.model.get("weights", "")
+  if weights == "random":
+    return
+  if not weights:
+    if config.get("quick", False):
+      return
+    raise ConfigError(
+        "config.model.weights is empty: ResNet-18 starts from ImageNet "
+        "weights; convert torchvision's resnet18 IMAGENET1K_V1 weights once "
+        "(python -m gradmix_tf.resnet --help) and pass "
+        "--config.model.weights=<file>.weights.h5, or "
+        "--config.model.weights=random to train from random weights")
+  if not os.path.isfile(weights):
+    raise ConfigError(
+        f"config.model.weights {weights!r} does not exist: give a Keras "
+        ".weights.h5 or torchvision .npz file (python -m gradmix_tf.resnet "
+        "--help), or random")
 
 
 def _roles(config):

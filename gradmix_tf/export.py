@@ -12,8 +12,12 @@ raw images and return the target head's prediction:
 both returning `probabilities` `[batch, classes]` (softmax of the target
 head) and `classes` `[batch]` (the original class ids, e.g. 5..9). The
 preprocessing runs in the graph exactly as in training: grey becomes RGB
-(or RGB grey), smaller images are zero-padded around the centre, larger
-ones area-resized, and the trunk rescales by 1/255. Without `--version` the
+(or RGB grey); digit images smaller than the input are zero-padded around
+the centre, larger ones area-resized (`data.digits.conform_images`);
+action frames of any size are resized by `data.actions.resize_frames`
+(antialiased bilinear, rounded), the function training reads them with; the
+trunk rescales by 1/255. Which of the two is in `model.json`
+(`"preprocessing"`: `"digits"` or `"frames"`). Without `--version` the
 next integer after the existing versions is used (TF Serving serves the
 largest; `--version` must be a positive integer); an existing version
 directory is refused unless `--overwrite`.
@@ -44,22 +48,34 @@ import tensorflow as tf
 
 from gradmix_tf import checkpoints
 from gradmix_tf import cli
+from gradmix_tf import methods
 from gradmix_tf import models
+from gradmix_tf.data.actions import resize_frames
 from gradmix_tf import workdir as run_directory
 from gradmix_tf.errors import UserError
 from gradmix_tf.files import replace_directory, write_json_atomically
 
 MODEL_FILE = "model.json"
+PREPROCESSING = ("digits", "frames")
 # Hidden work directories of an export in progress: `.partial-<v>-<pid>`
 # (being written) and `.old-<v>-<pid>` (a replaced version set aside).
 _WORK_DIR = re.compile(r"^\.(partial|old)-(\d+)-(\d+)$")
 
 
 class ServingModule(tf.Module):
-  """The target head of a trained model behind serving signatures."""
+  """The target head of a trained model behind serving signatures.
 
-  def __init__(self, model, target_head, class_ids, input_shape):
+  `preprocessing`: `"digits"` (pad or area-resize, as the digit data) or
+  `"frames"` (`resize_frames`, as the action data).
+  """
+
+  def __init__(self, model, target_head, class_ids, input_shape,
+               preprocessing="digits"):
     super().__init__()
+    if preprocessing not in PREPROCESSING:
+      raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got "
+                       f"{preprocessing!r}")
+    self.preprocessing = preprocessing
     self.model = model
     self.target_head = int(target_head)
     self.class_ids = tf.constant(list(class_ids), tf.int64)
@@ -87,7 +103,8 @@ class ServingModule(tf.Module):
     return {"probabilities": probabilities, "classes": classes}
 
   def _conform(self, images):
-    """`gradmix_tf.data.digits.conform_images`, in the graph (float)."""
+    """Training's preprocessing in the graph (float): `digits.
+    conform_images` or `actions.resize_frames`."""
     channels = tf.shape(images)[-1]
     tf.debugging.assert_equal(
         tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
@@ -101,6 +118,9 @@ class ServingModule(tf.Module):
                        lambda: tf.round(tf.tensordot(images, luminance, 1)),
                        lambda: images)
     images = tf.ensure_shape(images, [None, None, None, self.channels])
+    if self.preprocessing == "frames":
+      return tf.ensure_shape(resize_frames(images, self.size),
+                             [None, self.size, self.size, self.channels])
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     fits = tf.logical_and(height <= self.size, width <= self.size)
     images = tf.cond(
@@ -166,7 +186,7 @@ def check_finite_weights(model, what):
 
 
 def export_model(model, target_head, class_ids, input_shape, export_dir,
-                 name, version=None, overwrite=False):
+                 name, version=None, overwrite=False, preprocessing="digits"):
   """Writes `<export_dir>/<name>/<version>/`; returns that path.
 
   Raises:
@@ -185,7 +205,8 @@ def export_model(model, target_head, class_ids, input_shape, export_dir,
   if os.path.exists(path) and not overwrite:
     raise UserError(f"{path} already exists: pass --overwrite to replace it "
                     "or --version=N for another version")
-  module = ServingModule(model, target_head, class_ids, input_shape)
+  module = ServingModule(model, target_head, class_ids, input_shape,
+                         preprocessing)
   signatures = {"serving_default": module.serve_uint8.get_concrete_function(),
                 "serve_float": module.serve_float.get_concrete_function()}
   # The TF1-style loader of TF Serving restores only variables the object
@@ -215,8 +236,14 @@ def write_model_description(workdir, config, data):
       "input_shape": list(config.input_shape),
       "head_classes": [list(c) for c in data.head_classes],
       "target_head": data.target_head,
+      "preprocessing": preprocessing_of(config),
   }
   write_json_atomically(os.path.join(workdir, MODEL_FILE), description)
+
+
+def preprocessing_of(config):
+  """`"frames"` for action experiments, else `"digits"`."""
+  return "frames" if methods.experiment_of(config) == "actions" else "digits"
 
 
 def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
@@ -226,7 +253,7 @@ def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
   return export_model(trainer.model, data.target_head,
                       data.head_classes[data.target_head],
                       trainer.config.input_shape, export_dir, name, version,
-                      overwrite)
+                      overwrite, preprocessing_of(trainer.config))
 
 
 def export_workdir(workdir, export_dir, name=None, version=None,
@@ -274,7 +301,9 @@ def export_workdir(workdir, export_dir, name=None, version=None,
   head = description["target_head"]
   return export_model(model, head, description["head_classes"][head],
                       description["input_shape"], export_dir, name, version,
-                      overwrite)
+                      overwrite, description.get("preprocessing") or (
+                          "frames" if description["model"].get("name") ==
+                          "resnet18" else "digits"))
 
 
 def _finished_metrics(workdir):

@@ -149,15 +149,16 @@ def build_model(model_config, input_shape, num_classes_per_head,
   `model_config.name`: `digit_convnet` (`widths`, `units`, `norm`,
   `kernel_initializer`; `digit_convnet_trunk`) or `resnet18`
   (`weights`: a Keras `.weights.h5` or torchvision `.npz` file of ImageNet
-  weights for the trunk, or '' for random weights, which is logged).
+  weights for the trunk; `random` for random weights; '' also random, with
+  a warning: `config_lib.validate` allows it only in quick mode).
   """
   if model_config.name == "resnet18":
     from gradmix_tf import resnet  # pylint: disable=g-import-not-at-top
     trunk = resnet.resnet18_trunk(tuple(input_shape))
     weights = model_config.get("weights", "")
-    if weights:
+    if weights and weights != "random":
       resnet.load_trunk_weights(trunk, weights)
-    else:
+    elif not weights:
       from absl import logging  # pylint: disable=g-import-not-at-top
       logging.warning(
           "ResNet-18 starts from RANDOM weights: config.model.weights is "

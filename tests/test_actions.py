@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_one_error_line, run_module
 from gradmix_tf import config_lib
 from gradmix_tf.data import action_fixtures, actions
 from gradmix_tf.errors import DataError
@@ -30,6 +30,7 @@ def _ucf101_config(root, **overrides):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.actions.root = root
+  config.model.weights = "random"
   config.input_shape = (16, 16, 3)
   config.actions.train_frames_per_clip = 3
   config.actions.test_frames_per_clip = 2
@@ -179,13 +180,27 @@ def test_launcher_runs_gradmix_on_fixtures(tmp_path):
   assert os.path.isdir(tmp_path / "cache" / action_fixtures.FIXTURE_DIR / "ucf101")
 
 
+@pytest.mark.parametrize("weights,fragment", [
+    ("", "python -m gradmix_tf.resnet --help"),
+    ("/no/such/resnet18.weights.h5", "does not exist")])
+def test_ucf101_without_imagenet_weights_is_one_error_line(tmp_path, weights,
+                                                           fragment):
+  # Refused before TensorFlow starts, nothing written; quick mode on
+  # fixtures (the test above) and --config.model.weights=random may run.
+  result = run_module("gradmix_tf.launch", "--config=ucf101",
+                      f"--config.model.weights={weights}",
+                      f"--workdir={tmp_path / 'run'}")
+  assert_one_error_line(result, "config.model.weights", fragment)
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_missing_data_root_is_one_error_line(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("GRADMIX_ACTIONS_DIR", None)
   result = subprocess.run(
       [sys.executable, "-m", "gradmix_tf.launch", "--config=ucf101",
        f"--config.actions.root={tmp_path / 'none'}",
-       f"--workdir={tmp_path / 'run'}"],
+       "--config.model.weights=random", f"--workdir={tmp_path / 'run'}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]

@@ -144,3 +144,40 @@ def test_export_cli_from_a_workdir_and_its_errors(trained, tmp_path):
        f"--export_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
       timeout=180, env=env)
   assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_served_action_frames_are_preprocessed_as_training_reads_them(
+    tmp_path):
+  # A UCF101-sized frame (320x240) into a 224x224 network: training reads
+  # it from its file with data.actions.read_image; the served graph of an
+  # action run must give the same prediction from the raw pixels. The
+  # digit preprocessing (area resize) gives another one, so the check can
+  # fail.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import models  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.data.actions import read_image  # pylint: disable=g-import-not-at-top
+  model = models.build_model(ml_collections.ConfigDict(dict(
+      name="digit_convnet", widths=(2, 2, 2, 2), units=4)), (224, 224, 3),
+                             (3,))
+  frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3)).astype(
+      np.uint8)
+  path = str(tmp_path / "frame.png")
+  tf.io.write_file(path, tf.io.encode_png(frame))
+  trained_on = read_image(path, 224)[None]
+  expected = tf.nn.softmax(model(tf.constant(trained_on, tf.float32))).numpy()
+  served = {kind: export.ServingModule(model, 0, (0, 1, 2), (224, 224, 3),
+                                       kind).serve_uint8(
+                                           tf.constant(frame[None]))
+            for kind in ("frames", "digits")}
+  np.testing.assert_allclose(served["frames"]["probabilities"].numpy(),
+                             expected, atol=1e-6)
+  assert not np.allclose(served["digits"]["probabilities"].numpy(), expected,
+                         atol=1e-6)
+
+
+def test_an_action_run_describes_frame_preprocessing():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  assert export.preprocessing_of(
+      ml_collections.ConfigDict(dict(actions={}))) == "frames"
+  assert export.preprocessing_of(tiny_config()) == "digits"

@@ -178,16 +178,25 @@ def evenly_spaced(count, frames):
                     count - 1)
 
 
+def resize_frames(images, size):
+  """RGB frame(s) `[..., h, w, 3]` -> `[..., size, size, 3]` float32 whole
+  numbers in 0..255: bilinear with antialiasing, rounded and clipped. Every
+  action image and frame is preprocessed by this, in training and in the
+  served graph (gradmix_tf/export.py)."""
+  resized = tf.image.resize(tf.cast(images, tf.float32), (size, size),
+                            antialias=True)
+  return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
 def read_image(path, size):
-  """One image file -> `[size, size, 3]` uint8 (bilinear, antialiased)."""
+  """One image file -> `[size, size, 3]` uint8 (`resize_frames`)."""
   try:
     image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                                expand_animations=False)
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
     raise DataError(f"cannot read image {path}: "
                     f"{err.message.splitlines()[0]}") from None
-  image = tf.image.resize(image, (size, size), antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
+  return tf.cast(resize_frames(image, size), tf.uint8).numpy()
 
 
 def clip_frames(ucf101_dir, clip, frames, size):
@@ -352,7 +361,5 @@ def _decode_video(path, frames, size):
   capture.release()
   if not images:
     raise DataError(f"cannot decode any frame of {path}")
-  picked = [tf.image.resize(images[i], (size, size), antialias=True)
-            for i in evenly_spaced(len(images), frames)]
-  return np.stack([tf.cast(tf.clip_by_value(tf.round(x), 0, 255),
-                           tf.uint8).numpy() for x in picked])
+  return np.stack([tf.cast(resize_frames(images[i], size), tf.uint8).numpy()
+                   for i in evenly_spaced(len(images), frames)])
