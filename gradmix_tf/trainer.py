@@ -55,6 +55,7 @@ from gradmix_tf import distribute
 from gradmix_tf import finite_steps
 from gradmix_tf import methods as method_names
 from gradmix_tf import models
+from gradmix_tf import multi_source_step
 from gradmix_tf import pseudo_labels
 from gradmix_tf import schedules
 from gradmix_tf.evaluation import video_accuracy
@@ -400,18 +401,20 @@ class Trainer:
     Where V trains the model (target only, fine-tuning, joint, MME) its
     pass also moves batch norm's moving statistics; where V only steers
     the mix (GradMix, `moves_statistics=False`) it must not train them
-    either, so they are put back after its pass. (The digit ConvNet has no
-    batch norm; ResNet-18 has.)
+    either, so they are put back after its pass
+    (`multi_source_step.without_moving_statistics`). ResNet-18 has batch
+    norm, the digit ConvNet with `model.norm="batch"`.
     """
     images, labels = self._validation_images()
-    statistics = ([] if moves_statistics
-                  else self.model.non_trainable_variables)
-    saved = [tf.identity(v) for v in statistics]
-    logits = self.model(images, head=self.data.target_head, training=True)
-    # Ordered after the pass's own updates (automatic control dependencies
-    # keep program order on each variable).
-    for variable, value in zip(statistics, saved):
-      variable.assign(value)
+
+    def forward():
+      return self.model(images, head=self.data.target_head, training=True)
+
+    if moves_statistics:
+      logits = forward()
+    else:
+      logits = multi_source_step.without_moving_statistics(self.model,
+                                                           forward)
     return cross_entropy(labels, logits)
 
   def _target_step(self, optimizer):
@@ -503,21 +506,25 @@ class Trainer:
     return loss * (self.replica_batch / self.global_batch)
 
   def _gradmix_step(self, optimizer):
+    unlabelled = self.config.method in UNLABELLED_SOURCE
+    adjust = None
+    if unlabelled and not self._unlabelled_settings().get("train_head", True):
+      def adjust(source_grads):
+        return source_grads[:-1] + [self._without_target_head(
+            source_grads[-1])]
+
     def step(indices):
-      with tf.GradientTape(persistent=True) as tape:
+      def source_losses():
         losses = self._source_losses(indices)
-        if self.config.method in UNLABELLED_SOURCE:
+        if unlabelled:
           losses.append(self._unlabelled_loss(indices[-1]))
-        val_loss = self._validation_loss(moves_statistics=False)
-      source_grads = [tape.gradient(loss, self.variables) for loss in losses]
-      if (self.config.method in UNLABELLED_SOURCE
-          and not self._unlabelled_settings().get("train_head", True)):
-        source_grads[-1] = self._without_target_head(source_grads[-1])
-      val_grads = tape.gradient(val_loss, self.variables)
-      del tape
-      stats = optimizer.apply_gradmix(source_grads, val_grads, self.variables)
+        return losses
+
+      losses, val_loss, stats = multi_source_step.gradmix_step(
+          optimizer, self.variables, source_losses,
+          lambda: self._validation_loss(moves_statistics=False), adjust)
       out = self._loss_stats(losses)
-      if self.config.method in UNLABELLED_SOURCE:
+      if unlabelled:
         out[f"loss/{UNLABELLED_SOURCE[self.config.method]}"] = losses[-1]
       out["loss/validation"] = val_loss
       out.update(stats)
