@@ -21,6 +21,8 @@ _LAZY = {
     "build_model": "gradmix_tf.models",
     "GradMF": "gradmix_tf.gradmf",
     "GradMix": "gradmix_tf.optimizer",
+    "MultiSourceModel": "gradmix_tf.multi_source_model",
+    "multi_source_dataset": "gradmix_tf.multi_source_model",
     "gram_statistics": "gradmix_tf.solvers",
     "mixed_cosine": "gradmix_tf.solvers",
     "solve_mix_weights": "gradmix_tf.solvers",

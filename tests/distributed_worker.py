@@ -39,7 +39,8 @@ def main(mode, out_path, method="gradmix"):
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
   from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top
   data = tiny_data()
-  config = tiny_config(method=method, batch_size=8)
+  config = tiny_config(method="gradmix" if method == "fit" else method,
+                       batch_size=8)
   workdir = os.path.join(os.path.dirname(out_path), f"work_{mode}")
   trainer = Trainer(config, data, workdir, strategy=strategy)
   rng = np.random.default_rng(0)
@@ -47,8 +48,13 @@ def main(mode, out_path, method="gradmix"):
                              for w in trainer.model.get_weights()])
   streams = [batch_indices(len(s.y), 8, [0, i], 0, STEPS)
              for i, s in enumerate(data.sources)]
-  fn = trainer.phases[0]["fn"]
   record = {}
+  if method == "fit":
+    _fit(trainer, data, config, strategy, streams, record)
+    if trainer.is_chief:
+      np.savez(out_path, **record)
+    return
+  fn = trainer.phases[0]["fn"]
   for step in range(STEPS):
     stats = fn(tuple(tf.constant(s[step]) for s in streams))
     for key, value in stats.items():
@@ -58,6 +64,35 @@ def main(mode, out_path, method="gradmix"):
     record[f"param_{i}"] = weight
   if trainer.is_chief:
     np.savez(out_path, **record)
+
+
+def _fit(trainer, data, config, strategy, streams, record):
+  """STEPS fit() steps of MultiSourceModel on the runner's global batches."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import gradmix_tf  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.multi_source_model import as_fit_element  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import make_gradmix  # pylint: disable=g-import-not-at-top
+  from test_multi_source_model import AllHeads  # pylint: disable=g-import-not-at-top
+  names = [s.name for s in data.sources]
+  element = {n: (np.stack([s.x[i] for i in stream]),
+                 np.stack([s.y[i] for i in stream]))
+             for n, s, stream in zip(names, data.sources, streams)}
+  element["validation"] = (np.stack([data.v[0]] * STEPS),
+                           np.stack([data.v[1]] * STEPS))
+  # One element per step, each a global batch (Keras splits it across the
+  # replicas: 4 + 4 source images, 3 + 3 of V).
+  dataset = tf.data.Dataset.from_tensor_slices(element).map(
+      as_fit_element)
+  with strategy.scope():
+    model = gradmix_tf.MultiSourceModel(
+        AllHeads(trainer.model), {s.name: s.head for s in data.sources},
+        validation_output=data.target_head)
+    model.compile(optimizer=make_gradmix(config, "gradmix"),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+  model.fit(dataset, epochs=1, verbose=0)
+  for i, weight in enumerate(trainer.model.get_weights()):
+    record[f"param_{i}"] = weight
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ def test_mirrored_two_cpus_equals_one_device(single_device, tmp_path):
   assert not np.allclose(mirrored["weights_0"], mirrored["weights_1"])
 
 
+def test_mirrored_fit_equals_the_single_device_runner(single_device,
+                                                      tmp_path):
+  # MultiSourceModel.fit on 2 logical CPUs, the runner's global batches:
+  # the same parameters as the runner's step on one device.
+  fit = _run("mirrored", tmp_path / "out.npz", "fit")
+  params = [key for key in single_device if key.startswith("param_")]
+  assert params and set(fit) == set(params)
+  for key in params:
+    np.testing.assert_allclose(fit[key], single_device[key], rtol=1e-5,
+                               atol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("method", ["joint", "target_only"])
 def test_mirrored_plain_steps_count_v_once(tmp_path, method):
   single = _run("single", tmp_path / "single.npz", method)
