@@ -119,12 +119,14 @@ class MultiSourceModel(keras.Model):
       (the trunk); default: inferred from which gradients exist.
     source_variables: with `shared_variables`, `{source: [its own
       variables]}` (its head).
-    log_mix_weights: log each step's per-layer mixing weights.
+    log_mix_weights: log each step's per-layer mixing weights too (for
+      TensorBoard; off by default: layers x sources entries crowd the
+      progress bar).
   """
 
   def __init__(self, model, source_outputs, validation_output=0,
                shared_variables=None, source_variables=None,
-               log_mix_weights=True, **kwargs):
+               log_mix_weights=False, **kwargs):
     super().__init__(**kwargs)
     if not source_outputs:
       raise ValueError("source_outputs must name at least one source")
@@ -259,7 +261,8 @@ class MultiSourceModel(keras.Model):
     if self.log_mix_weights:
       for l, layer in enumerate(self.optimizer.mixed_layer_names):
         for s, name in enumerate(self.source_names):
-          logs[f"mix_weight/{layer}/{name}"] = stats["weights"][l, s]
+          # + 0.0 turns the solver's -0.0 into 0.0.
+          logs[f"mix_weight/{layer}/{name}"] = stats["weights"][l, s] + 0.0
     return logs
 
   def test_step(self, data):

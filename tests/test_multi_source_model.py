@@ -65,7 +65,7 @@ def test_fit_takes_the_runners_gradmix_step(tmp_path, norm):
     runner.phases[0]["fn"](tuple(tf.constant(i) for i in step))
   model = gradmix_tf.MultiSourceModel(
       AllHeads(twin.model), {s.name: s.head for s in data.sources},
-      validation_output=data.target_head)
+      validation_output=data.target_head, log_mix_weights=True)
   model.compile(optimizer=make_gradmix(config, "gradmix"), loss=_loss())
   history = model.fit(_fit_elements(data, batches), epochs=1, verbose=0)
   for a, b in zip(runner.model.weights, twin.model.weights):
@@ -148,7 +148,7 @@ def test_explicit_shared_and_source_variables():
   user = _user_model()
   trunk = user.get_layer("trunk").trainable_variables
   model = gradmix_tf.MultiSourceModel(
-      user, {"a": 0, "b": 1}, shared_variables=trunk,
+      user, {"a": 0, "b": 1}, shared_variables=trunk, log_mix_weights=True,
       source_variables={"a": user.get_layer("target_head").trainable_variables,
                         "b": user.get_layer("other_head").trainable_variables})
   model.compile(optimizer=gradmix_tf.GradMix(keras.optimizers.SGD(0.05)),
