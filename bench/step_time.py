@@ -18,7 +18,11 @@ source, V = 5k images, k = 2 shots here):
 4. step time as the number of sources grows (k = 2, 4, 8 sources made from
    the same data), GradMix (exact) and the plain floor, plus a PNG;
 5. the levers: eager vs compiled step, XLA (`jit_compile`) vs graph, and
-   the host work per step (drawing the batch indices).
+   the host work per step (drawing the batch indices);
+6. the `fit()` path: `MultiSourceModel`'s compiled train function (what
+   `model.fit` calls each step, its batches gathered by a prefetching
+   `tf.data` pipeline) against the runner's GradMix step on the same
+   batches (`--only=fit` runs this part alone).
 
 Every step uses the trainer's own compiled step functions
 (`gradmix_tf.trainer.Trainer`), so what is timed is what trains.
@@ -45,7 +49,9 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from gradmix_tf import config_lib, solvers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.models import AllHeads  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.multi_source_model import MultiSourceModel, as_fit_element  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.trainer import Trainer, batch_indices, make_gradmix  # pylint: disable=g-import-not-at-top,wrong-import-position
 from report import replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> config overrides of digits_mnistm
@@ -111,6 +117,85 @@ class Stepper:
       out = self.fn(self.indices())
     next(iter(out.values())).numpy()
     return (time.perf_counter() - start) / steps
+
+
+class FitStepper:
+  """`model.fit`'s step: MultiSourceModel's train function, same batches."""
+
+  def __init__(self, data, workdir, steps=100000):
+    import keras  # pylint: disable=g-import-not-at-top
+    config = _config(VARIANTS["GradMix (exact)"])
+    twin = Trainer(config, data, workdir)
+    self.model = MultiSourceModel(
+        AllHeads(twin.model), {s.name: s.head for s in data.sources},
+        validation_output=data.target_head)
+    self.model.compile(
+        optimizer=make_gradmix(config, "gradmix"),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False)
+    streams = tuple(batch_indices(len(s.y), int(config.batch_size), [0, i],
+                                  0, steps)
+                    for i, s in enumerate(data.sources))
+    images = [tf.constant(s.x) for s in data.sources]
+    labels = [tf.constant(s.y) for s in data.sources]
+    validation = (tf.constant(data.v[0]), tf.constant(data.v[1]))
+    names = [s.name for s in data.sources]
+
+    def element(*indices):
+      batches = {name: (tf.gather(x, i), tf.gather(y, i))
+                 for name, x, y, i in zip(names, images, labels, indices)}
+      batches["validation"] = validation
+      return as_fit_element(batches)
+
+    self.iterator = iter(tf.data.Dataset.from_tensor_slices(streams)
+                         .map(element).repeat().prefetch(tf.data.AUTOTUNE))
+    self.model.make_train_function()
+    self.fn = self.model.train_function
+
+  def run(self, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+      logs = self.fn(self.iterator)
+    next(iter(logs.values())).numpy()
+    return (time.perf_counter() - start) / steps
+
+
+def fit_table(args, workdir):
+  """fit()'s step against the runner's GradMix step, interleaved."""
+  data = _data(_config({}))
+  steppers = {"runner": Stepper(VARIANTS["GradMix (exact)"], data,
+                                os.path.join(workdir, "runner")),
+              "fit": FitStepper(data, os.path.join(workdir, "fit"))}
+  times = interleaved(steppers, args.rounds, args.block, args.warmup)
+  return {"runner_ms": spread(1000 * times["runner"]),
+          "fit_ms": spread(1000 * times["fit"]),
+          "ratio": spread(times["fit"] / times["runner"])}
+
+
+def write_fit_report(args, row):
+  text = "\n".join([
+      "## The `fit()` path",
+      "",
+      "`MultiSourceModel`'s compiled train function (the step `model.fit` "
+      "runs, `jit_compile=False`; its batches gathered by a prefetching "
+      "`tf.data` pipeline) against the runner's GradMix (exact) step, on "
+      "the same batches of `digits_mnistm` (2 x 32 source images, V = 10), "
+      f"interleaved: {args.rounds} rounds of {args.block} steps each after "
+      f"{args.warmup} warm-up steps; median (min–max).",
+      "",
+      "| path | ms / step |",
+      "|---|---|",
+      f"| runner (`Trainer` GradMix step) | {fmt(row['runner_ms'])} |",
+      f"| `fit()` (`MultiSourceModel.train_function`) | {fmt(row['fit_ms'])} |",
+      f"| fit / runner | {fmt(row['ratio'], 'x')} |",
+      "",
+      f"Machine: {machine()}. {args.load_note} Command:",
+      "",
+      f"    {args.command}",
+      ""])
+  replace_block(os.path.join(REPO, "docs", "PERFORMANCE.md"), "fit_path",
+                text)
+  print(text)
 
 
 def interleaved(steppers, rounds, block, warmup):
@@ -413,12 +498,19 @@ def main():
   parser.add_argument("--warmup", type=int, default=10)
   parser.add_argument("--solver_repeats", type=int, default=20)
   parser.add_argument("--memory_of", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--only", choices=("fit",), default=None,
+                      help="run one part alone (fit: the fit() path)")
+  parser.add_argument("--load_note", default="",
+                      help="what else ran on the machine, for the report")
   args = parser.parse_args()
   if args.memory_of:
     memory_child(args.memory_of, args.warmup)
     return
   args.command = "python bench/step_time.py " + " ".join(sys.argv[1:])
   workdir = f"/tmp/gradmix_bench_{os.getpid()}"
+  if args.only == "fit":
+    write_fit_report(args, fit_table(args, workdir))
+    return
   steps = step_table(args, workdir)
   solver_rows = solver_table(args.solver_repeats)
   k_rows = k_table(args, workdir)

@@ -76,6 +76,21 @@ NORMS = ("none", "batch")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
 
 
+class AllHeads(keras.Model):
+  """A `MultiHeadClassifier` with one output per head (the trunk once):
+  the shape `gradmix_tf.MultiSourceModel` takes, `source_outputs` being
+  head indices. Shares the classifier's variables."""
+
+  def __init__(self, classifier, **kwargs):
+    super().__init__(**kwargs)
+    self.classifier = classifier
+    self.built = classifier.built
+
+  def call(self, images, training=False):
+    features = self.classifier.trunk(images, training=training)
+    return [head(features) for head in self.classifier.heads]
+
+
 def digit_convnet_trunk(widths=(32, 32, 64, 64), units=128, norm="none",
                         kernel_initializer="glorot_uniform"):
   """The 4-conv + fc trunk of the digit experiments (module docstring).

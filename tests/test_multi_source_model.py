@@ -11,22 +11,9 @@ import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
 import gradmix_tf
+from gradmix_tf.models import AllHeads
 from gradmix_tf.multi_source_model import as_fit_element
 from gradmix_tf.trainer import Trainer, batch_indices, make_gradmix
-
-
-class AllHeads(keras.Model):
-  """Our MultiHeadClassifier as a user's model: one output per head."""
-
-  def __init__(self, classifier, **kwargs):
-    super().__init__(**kwargs)
-    self.classifier = classifier
-    self.built = classifier.built     # every head is built with it
-
-  def call(self, images, training=False):
-    # The trunk once (as a user's functional model would), then each head.
-    features = self.classifier.trunk(images, training=training)
-    return [head(features) for head in self.classifier.heads]
 
 
 def _loss():
