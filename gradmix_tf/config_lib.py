@@ -11,6 +11,7 @@ import os
 
 from absl import logging
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from gradmix_tf import methods
 from gradmix_tf import workdir as run_directory
@@ -46,12 +47,16 @@ def base_config():
   config.target = ml_collections.ConfigDict(dict(
       dataset="", classes=(), half=-1, hyperval_size=1000))
   # Model.
-  # norm: "none" | "batch" (BN without affine before each ReLU);
-  # kernel_initializer: "glorot_uniform" (Keras' default) | "he_normal".
-  # See models.digit_convnet_trunk.
+  # norm: "none" | "batch" (BN without affine before each ReLU; None: the
+  # protocol's); kernel_initializer: "glorot_uniform" (Keras' default) |
+  # "he_normal". See models.digit_convnet_trunk.
   config.model = ml_collections.ConfigDict(dict(
       name="digit_convnet", widths=(32, 32, 64, 64), units=128,
-      norm="none", kernel_initializer="glorot_uniform"))
+      norm=placeholder(str), kernel_initializer="glorot_uniform"))
+  # The training protocol (PROTOCOLS): fills model.norm, lr_warmup_steps
+  # and lr_decay_steps where they are not set. "paper": the paper's
+  # network and constant rate; the digit configs choose their own.
+  config.protocol = "paper"
   # Optimisation (paper section 4.1).
   config.steps = 2000
   config.batch_size = 32           # per source
@@ -59,12 +64,12 @@ def base_config():
   # Linear warm-up of config.lr over this many optimizer steps (0 to lr,
   # then constant; trainer.main_learning_rate) for every optimizer that
   # trains at config.lr (not finetune_lr, target_lr or mme.lr). 0: the
-  # paper's constant rate. Opt-in: meant for runs whose unnormalised ReLU
-  # trunk dies in the first steps at lr 0.05 (docs/RESULTS.md).
-  config.lr_warmup_steps = 0
+  # paper's constant rate. None: the protocol's.
+  config.lr_warmup_steps = placeholder(int)
   # Cosine decay of config.lr to 0 over the last this-many of config.steps
   # (trainer.main_learning_rate; same optimizers as the warm-up). 0: none.
-  config.lr_decay_steps = 0
+  # None: the protocol's.
+  config.lr_decay_steps = placeholder(int)
   # Clip the global norm of every update of config.lr's optimizers (the
   # mixed gradient for GradMix) to this value (Keras `global_clipnorm`).
   # 0: no clipping (the paper).
@@ -141,6 +146,45 @@ def base_config():
   return config
 
 
+# Training protocols: the values of the fields they fill (`resolve`), each
+# field only where the config or the command line left it unset (None).
+# "paper": the network and rate of the paper (section 4.1) as we read it;
+# "stable": batch norm without affine in the digit trunk, 200 warm-up
+# steps and a cosine decay over the last 500 steps, chosen on H and on
+# training health (docs/RESULTS.md, "Training health").
+PROTOCOLS = {
+    "paper": {"model.norm": "none", "lr_warmup_steps": 0,
+              "lr_decay_steps": 0},
+    "stable": {"model.norm": "batch", "lr_warmup_steps": 200,
+               "lr_decay_steps": 500},
+}
+
+
+def apply_protocol(config):
+  """Fills the unset fields of `config.protocol` (PROTOCOLS), in place.
+
+  A field the experiment does not have (ResNet-18's model section has no
+  `norm`) is left out.
+
+  Raises:
+    ConfigError: an unknown protocol.
+  """
+  name = config.get("protocol", "paper")
+  if name not in PROTOCOLS:
+    raise ConfigError(f"config.protocol is {name!r}: choose one of "
+                      f"{', '.join(PROTOCOLS)}")
+  for dotted, value in PROTOCOLS[name].items():
+    *parents, leaf = dotted.split(".")
+    section = config
+    for parent in parents:
+      section = section.get(parent)
+      if section is None:
+        break
+    if section is not None and leaf in section and section[leaf] is None:
+      section[leaf] = value
+  return config
+
+
 def source(dataset, classes, half=-1):
   """One source role: a dataset spec, its classes, optionally one half."""
   return ml_collections.ConfigDict(dict(dataset=dataset,
@@ -148,7 +192,8 @@ def source(dataset, classes, half=-1):
 
 
 def resolve(config):
-  """Fills defaults that depend on the machine and applies quick mode."""
+  """Fills defaults that depend on the machine, applies quick mode and the
+  training protocol, and validates."""
   config = ml_collections.ConfigDict(config.to_dict())
   if not config.data_dir:
     config.data_dir = os.environ.get(DATA_DIR_ENV) or _default_data_dir()
@@ -182,6 +227,7 @@ def resolve(config):
       holistic.local_steps = min(holistic.local_steps, 2)
   if "actions" in config and not config.actions.root:
     config.actions.root = os.environ.get(ACTIONS_DIR_ENV, "")
+  apply_protocol(config)
   validate(config)
   return config
 
@@ -197,6 +243,7 @@ CHOICES = {
     "model.name": ("digit_convnet", "resnet18"),
     "model.norm": ("none", "batch"),
     "model.kernel_initializer": ("glorot_uniform", "he_normal"),
+    "protocol": tuple(PROTOCOLS),
     "gradmf.mode": ("global", "layer"),
     "gradmf.update_rule": ("projection", "turned"),
     "pseudo_label.soft_loss": ("model_label", "label_model"),
@@ -297,7 +344,7 @@ def validate(config):
       bound = (f"at least {low}" if high is None
                else f"between {low} and {high}")
       raise ConfigError(f"config.{dotted} must be {bound}, got {value!r}")
-  if int(config.get("lr_decay_steps", 0)) > int(config.get("steps", 0)):
+  if int(config.get("lr_decay_steps") or 0) > int(config.get("steps", 0)):
     raise ConfigError(
         f"config.lr_decay_steps ({config.lr_decay_steps}) must not exceed "
         f"config.steps ({config.steps}): the decay covers the last "
@@ -471,7 +518,8 @@ def prepare_workdir(workdir, config):
   before this rule) are not compared. A field present in this version's
   config but absent from the stored one, at the top or inside a section (a
   run started before the field existed, and so with the field's default in
-  `base_config()`), is not a conflict when its value is that default: the
+  `base_config()`, protocol fields at the "paper" protocol's values), is not
+  a conflict when its value is that default: the
   run resumes, the field's value is logged and added to `config.json`. Any
   other value is refused, as the run's steps so far did not use it. Every
   field the stored run has must match exactly.
@@ -488,7 +536,9 @@ def prepare_workdir(workdir, config):
   if previous is not None:
     previous = {key: value for key, value in previous.items()
                 if key not in unused}
-    defaults = json.loads(base_config().to_json_best_effort())
+    # Fields the protocol fills take the paper protocol's values: a run
+    # from before them trained with those.
+    defaults = json.loads(apply_protocol(base_config()).to_json_best_effort())
     changed, added = _compare_fields(previous, resolved, defaults)
     if changed:
       raise ConfigError(

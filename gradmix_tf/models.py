@@ -189,7 +189,7 @@ def build_model(model_config, input_shape, num_classes_per_head,
         f"unknown model {model_config.name!r}: use digit_convnet or resnet18")
   trunk = digit_convnet_trunk(
       tuple(model_config.widths), model_config.units,
-      norm=model_config.get("norm", "none"),
+      norm=model_config.get("norm") or "none",
       kernel_initializer=model_config.get("kernel_initializer",
                                           "glorot_uniform"))
   model = MultiHeadClassifier(trunk, num_classes_per_head, head_factory,

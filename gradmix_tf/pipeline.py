@@ -166,7 +166,7 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
   steps = int(settings.stage1_steps) or int(config.steps)
   warmup = int(settings.get("stage1_lr_warmup_steps", -1))
   if warmup < 0:
-    warmup = int(config.get("lr_warmup_steps", 0))
+    warmup = int(config.get("lr_warmup_steps") or 0)
   member_config = _with(config, method="gradmix", steps=steps,
                         lr_warmup_steps=warmup)
   del member_config["pseudo_label"]

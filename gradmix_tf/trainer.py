@@ -125,8 +125,9 @@ def main_learning_rate(config):
   count). GradMix's `eta` (Eq. 9) multiplies this rate. Both 0 (the
   default) is the paper's constant rate.
   """
-  warmup_steps = int(config.get("lr_warmup_steps", 0))
-  decay_steps = int(config.get("lr_decay_steps", 0))
+  # None (a protocol field `config_lib.resolve` did not fill): 0.
+  warmup_steps = int(config.get("lr_warmup_steps") or 0)
+  decay_steps = int(config.get("lr_decay_steps") or 0)
   if warmup_steps <= 0 and decay_steps <= 0:
     return float(config.lr)
   return schedules.WarmupHoldCosine(

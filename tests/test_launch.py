@@ -257,3 +257,27 @@ def test_help_lists_configs_methods_and_fields_without_tensorflow():
   assert "--config.holistic.pretrain_steps=1500" in text
   assert "tensorflow" not in result.stderr.lower()
   assert elapsed < 10, elapsed                      # about 0.2 s here
+
+
+def test_the_protocol_fills_only_the_fields_left_unset():
+  from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  paper_flag = config_lib.load_config("digits_mnistm")
+  paper_flag.protocol = "paper"
+  paper = config_lib.resolve(paper_flag)
+  assert (paper.model.norm, paper.lr_warmup_steps, paper.lr_decay_steps) == (
+      "none", 0, 0)
+  config = config_lib.load_config("digits_mnistm")
+  config.protocol = "stable"
+  config.lr_warmup_steps = 50                 # set: the protocol keeps it
+  stable = config_lib.resolve(config)
+  assert (stable.model.norm, stable.lr_warmup_steps,
+          stable.lr_decay_steps) == ("batch", 50, 500)
+  # ResNet-18's model section has no norm: the rest still applies.
+  actions = config_lib.load_config("ucf101")
+  actions.protocol, actions.model.weights = "stable", "random"
+  resolved = config_lib.resolve(actions)
+  assert "norm" not in resolved.model and resolved.lr_decay_steps == 500
+  config.protocol = "fast"
+  with pytest.raises(ConfigError, match="config.protocol is 'fast'"):
+    config_lib.resolve(config)
