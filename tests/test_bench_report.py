@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -269,3 +270,34 @@ def test_paired_rows_name_the_pair_k_and_every_seed():
   assert len(rows) == 3                   # header, rule, one row (k=2 only)
   assert rows[2].startswith("| GradMix − Fine-tune | 2 | 2 | +1.50 ± 3.50")
   assert "0: +5.0, 1: -2.0" in rows[2]
+
+
+def test_solver_record_summary_by_hand():
+  record = _load("solver_record")
+  # Two layers, two sources, three steps.
+  weights = np.array([[[1.0, 0.0], [0.5, 0.5]],
+                      [[0.995, 0.005], [0.2, 0.8]],
+                      [[0.3, 0.7], [0.0, 1.0]]])
+  cosines = np.array([[1.0, -0.5], [0.0, 0.5]])
+  summary = record.summarize(weights, cosines, ["conv1", "fc1"], ["a", "b"])
+  assert summary["conv1"]["one_source_share"] == pytest.approx(2 / 3)
+  assert summary["fc1"]["one_source_share"] == pytest.approx(1 / 3)
+  assert summary["conv1"]["mean_weight"]["a"] == pytest.approx(2.295 / 3)
+  assert summary["fc1"]["mean_consecutive_cosine"] == pytest.approx(0.0)
+  assert record.cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == (
+      pytest.approx(2 ** -0.5))
+  assert record.cosine(np.zeros(2), np.ones(2)) == 0.0
+
+
+def test_solver_record_of_a_tiny_run_matches_its_steps(tmp_path):
+  from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  record = _load("solver_record")
+  trainer = Trainer(tiny_config(method="gradmix", steps=4), tiny_data(),
+                    str(tmp_path))
+  weights, cosines, names = record.record_run(trainer, 4)
+  assert names == ["conv1", "conv2", "conv3", "conv4", "fc1"]
+  assert weights.shape == (4, 5, 2) and cosines.shape == (3, 5)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+  assert np.all(np.abs(cosines) <= 1.0 + 1e-6)
+  assert int(trainer.step.numpy()) == 4

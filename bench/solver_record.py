@@ -1,0 +1,197 @@
+r"""How the exact, SLSQP and meta-SGD weights of a GradMix run behave.
+
+    python bench/solver_record.py --config=digits_mnistm_mnist --seeds=0,1,2 \
+        --solvers=exact,slsqp,meta_sgd --steps=2000
+
+For each solver and seed, trains the run's first phase in this process with
+the trainer's own compiled step (`exact` and `slsqp`: method `gradmix` with
+`config.solver`; `meta_sgd`: method `gradmix_sgd`) and records every step:
+
+* the normalised weights `w~ [layers, k]` the step used (its statistics);
+* the mixed gradient of each trunk layer, `sum_i w~_i g_i^l`, from the
+  source gradients at the step's starting weights on the step's batches
+  (recomputed here with a tape of its own: cross-entropy of each source on
+  its head, as the trainer's loss), and its cosine with the previous
+  step's.
+
+Per solver and trunk layer, over seeds and steps, it reports the share of
+steps whose weights put (almost) everything on one source (largest weight
+>= 0.99), the mean weight of each source, and the mean cosine between
+consecutive mixed gradients; writes `--out` (JSON; resumable: finished
+(solver, seed) records are kept) and, with matplotlib, `--plot`: the first
+source's weight per trunk layer over the steps of the first seed, one panel
+per solver. Final H accuracy comes from the launcher's runs
+(`bench/health.py`), not from here.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ONE_SOURCE = 0.99      # a step "puts everything on one source" above this
+METHOD_OF = {"exact": ("gradmix", "exact"), "slsqp": ("gradmix", "slsqp"),
+             "meta_sgd": ("gradmix_sgd", "exact")}
+
+
+def cosine(a, b):
+  norm = np.linalg.norm(a) * np.linalg.norm(b)
+  return float(np.dot(a, b) / norm) if norm > 0 else 0.0
+
+
+def record_run(trainer, steps):
+  """Per-step weights `[steps, layers, k]` and consecutive cosines
+  `[steps - 1, layers]` of the first phase's GradMix steps."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import batch_indices  # pylint: disable=g-import-not-at-top
+  phase = trainer.phases[0]
+  config, data = trainer.config, trainer.data
+  steps = min(steps, phase["steps"])
+  streams = [batch_indices(len(s.y), int(config.batch_size),
+                           [int(config.seed), i], 0, steps)
+             for i, s in enumerate(data.sources)]
+  trunk = trainer.model.trunk
+  layers = [layer for layer in trunk.layers if layer.trainable_variables]
+  loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  from gradmix_tf.multi_source_step import without_moving_statistics  # pylint: disable=g-import-not-at-top
+
+  @tf.function
+  def source_grads(batches):
+    # Batch norm normalises with the batch, as in the step; the moving
+    # statistics are put back so that this look does not change the run.
+    grads = []
+    for (x, y), source in zip(batches, data.sources):
+      with tf.GradientTape() as tape:
+        logits = without_moving_statistics(
+            trainer.model,
+            lambda x=x, h=source.head: trainer.model(x, head=h,
+                                                     training=True))
+        value = loss(y, logits)
+      grads.append(tape.gradient(value, [v for layer in layers
+                                         for v in layer.trainable_variables]))
+    return grads
+
+  def flat_per_layer(grads):
+    out, start = [], 0
+    for layer in layers:
+      count = len(layer.trainable_variables)
+      out.append(np.concatenate([np.ravel(g) for g in grads[start:
+                                                            start + count]]))
+      start += count
+    return out
+
+  weights, cosines, previous = [], [], None
+  for row in range(steps):
+    indices = [s[row] for s in streams]
+    batches = [(tf.constant(s.x[i]), tf.constant(s.y[i]))
+               for s, i in zip(data.sources, indices)]
+    per_source = [flat_per_layer([g.numpy() for g in grads])
+                  for grads in source_grads(batches)]
+    stats = phase["fn"](tuple(tf.constant(i) for i in indices))
+    trainer.step.assign(row + 1)
+    w = stats["weights"].numpy()
+    mixed = [sum(w[l, s] * per_source[s][l] for s in range(len(per_source)))
+             for l in range(len(layers))]
+    if previous is not None:
+      cosines.append([cosine(a, b) for a, b in zip(mixed, previous)])
+    previous = mixed
+    weights.append(w)
+  return np.asarray(weights), np.asarray(cosines), [l.name for l in layers]
+
+
+def summarize(weights, cosines, layer_names, source_names):
+  """Per layer: share of one-source steps, mean weights, mean cosine."""
+  return {name: {
+      "one_source_share": float(np.mean(weights[:, l, :].max(-1)
+                                        >= ONE_SOURCE)),
+      "mean_weight": {s: float(np.mean(weights[:, l, i]))
+                      for i, s in enumerate(source_names)},
+      "mean_consecutive_cosine": float(np.mean(cosines[:, l]))
+                                 if len(cosines) else float("nan"),
+  } for l, name in enumerate(layer_names)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="digits_mnistm_mnist")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--solvers", default="exact,slsqp,meta_sgd")
+  parser.add_argument("--k", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=2000)
+  parser.add_argument("--out", default=os.path.join(REPO, "docs",
+                                                    "solver_record.json"))
+  parser.add_argument("--plot", default=os.path.join(REPO, "docs",
+                                                     "solver_weights.png"))
+  args = parser.parse_args()
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  result = {"args": vars(args), "one_source_at": ONE_SOURCE, "solvers": {}}
+  if os.path.isfile(args.out):      # resumable: finished (solver, seed) kept
+    with open(args.out) as f:
+      result["solvers"] = json.load(f).get("solvers", {})
+  for solver in args.solvers.split(","):
+    for seed in (int(s) for s in args.seeds.split(",")):
+      done = result["solvers"].setdefault(solver, {})
+      if str(seed) in done:
+        continue
+      method, solver_field = METHOD_OF[solver]
+      config = config_lib.load_config(args.config)
+      config.method, config.solver = method, solver_field
+      config.k, config.seed = args.k, seed
+      config = config_lib.resolve(config)
+      data = build_experiment(config, seed=seed, k=args.k)
+      with tempfile.TemporaryDirectory() as workdir:
+        weights, cosines, names = record_run(Trainer(config, data, workdir),
+                                             args.steps)
+      done[str(seed)] = {
+          "layers": names,
+          "summary": summarize(weights, cosines, names,
+                               [s.name for s in data.sources]),
+          "weights": weights.round(4).tolist()}
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f)
+      os.replace(args.out + ".tmp", args.out)
+      print(f"{solver} seed {seed}: "
+            f"{json.dumps(done[str(seed)]['summary'])}", flush=True)
+  plot_weights(result, args.plot)
+
+
+def plot_weights(result, path):
+  """Source 0's weight per layer and step, first seed, one panel a solver."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  solvers = [name for name, runs in result["solvers"].items() if runs]
+  if not solvers:
+    return
+  fig, axes = plt.subplots(1, len(solvers), figsize=(5 * len(solvers), 3.4),
+                           squeeze=False, sharey=True)
+  for axis, solver in zip(axes[0], solvers):
+    seed = sorted(result["solvers"][solver], key=int)[0]
+    run = result["solvers"][solver][seed]
+    weights = np.asarray(run["weights"])
+    for l, layer in enumerate(run["layers"]):
+      axis.plot(weights[:, l, 0], lw=0.6, label=layer)
+    axis.set_title(f"{solver}, seed {seed}")
+    axis.set_xlabel("step")
+  axes[0][0].set_ylabel("weight of source 1")
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+  main()
