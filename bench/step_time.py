@@ -74,7 +74,11 @@ def _config(overrides):
   config = module["get_config"]()
   config.k = 2
   for key, value in overrides.items():
-    config[key] = value
+    *parents, leaf = key.split(".")
+    section = config
+    for parent in parents:
+      section = section[parent]
+    section[leaf] = value
   return config_lib.resolve(config)
 
 
@@ -170,6 +174,59 @@ def fit_table(args, workdir):
   return {"runner_ms": spread(1000 * times["runner"]),
           "fit_ms": spread(1000 * times["fit"]),
           "ratio": spread(times["fit"] / times["runner"])}
+
+
+NORM_VARIANTS = {
+    "plain (sources + V), no norm": dict(method="joint", **{"model.norm":
+                                                           "none"}),
+    "GradMix (exact), no norm": dict(method="gradmix", **{"model.norm":
+                                                        "none"}),
+    "plain (sources + V), batch norm": dict(method="joint", **{
+        "model.norm": "batch"}),
+    "GradMix (exact), batch norm": dict(method="gradmix", **{
+        "model.norm": "batch"}),
+}
+
+
+def norm_table(args, workdir):
+  """Step times with and without batch norm in the digit trunk."""
+  data = _data(_config({}))
+  steppers = {name: Stepper(overrides, data, os.path.join(workdir, f"n{i}"))
+              for i, (name, overrides) in enumerate(NORM_VARIANTS.items())}
+  times = interleaved(steppers, args.rounds, args.block, args.warmup)
+  base = times["GradMix (exact), no norm"]
+  return [{"variant": name, "ms": spread(1000 * t),
+           "vs_gradmix_no_norm": spread(t / base)}
+          for name, t in times.items()], {
+              norm: spread(times[f"GradMix (exact), {norm}"]
+                           / times[f"plain (sources + V), {norm}"])
+              for norm in ("no norm", "batch norm")}
+
+
+def write_norm_report(args, rows, overheads):
+  lines = [
+      "## Batch norm in the digit trunk (`--config.model.norm`)",
+      "",
+      "The digit ConvNet without normalisation and with batch norm without "
+      "affine before each ReLU (`models.digit_convnet_trunk`), on the "
+      "`digits_mnistm` batches, interleaved: "
+      f"{args.rounds} rounds of {args.block} steps after {args.warmup} "
+      "warm-up steps; median (min–max).",
+      "",
+      "| variant | ms / step | / GradMix (exact), no norm |",
+      "|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['variant']} | {fmt(row['ms'])} | "
+                 f"{fmt(row['vs_gradmix_no_norm'], 'x')} |")
+  lines += ["", "GradMix (exact) / plain (sources + V): "
+            + "; ".join(f"{norm} {fmt(ratio, 'x')}"
+                        for norm, ratio in overheads.items()) + ".", "",
+            f"Machine: {machine()}. {args.load_note} Command:", "",
+            f"    {args.command}", ""]
+  text = "\n".join(lines)
+  replace_block(os.path.join(REPO, "docs", "PERFORMANCE.md"), "norm_cost",
+                text)
+  print(text)
 
 
 def write_fit_report(args, row):
@@ -498,8 +555,9 @@ def main():
   parser.add_argument("--warmup", type=int, default=10)
   parser.add_argument("--solver_repeats", type=int, default=20)
   parser.add_argument("--memory_of", default=None, help=argparse.SUPPRESS)
-  parser.add_argument("--only", choices=("fit",), default=None,
-                      help="run one part alone (fit: the fit() path)")
+  parser.add_argument("--only", choices=("fit", "norm"), default=None,
+                      help="run one part alone (fit: the fit() path; norm: "
+                      "batch norm's cost in the digit trunk)")
   parser.add_argument("--load_note", default="",
                       help="what else ran on the machine, for the report")
   args = parser.parse_args()
@@ -510,6 +568,9 @@ def main():
   workdir = f"/tmp/gradmix_bench_{os.getpid()}"
   if args.only == "fit":
     write_fit_report(args, fit_table(args, workdir))
+    return
+  if args.only == "norm":
+    write_norm_report(args, *norm_table(args, workdir))
     return
   steps = step_table(args, workdir)
   solver_rows = solver_table(args.solver_repeats)

@@ -107,3 +107,33 @@ def test_he_normal_kernels_have_fan_in_variance():
   assert conv4_std("he_normal") == pytest.approx(np.sqrt(2 / 72), rel=0.1)
   assert conv4_std("glorot_uniform") == pytest.approx(np.sqrt(2 / 144),
                                                       rel=0.1)
+
+
+@pytest.mark.parametrize("shape", [(16, 7, 7, 8), (16, 12)])
+def test_fused_batch_norm_equals_keras_batch_norm_without_affine(shape):
+  # Keras' BatchNormalization(center=False, scale=False) is the independent
+  # reference: training output, moving statistics over three calls,
+  # inference output and the input gradient.
+  import keras  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.models import FusedBatchNorm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  reference = keras.layers.BatchNormalization(center=False, scale=False)
+  fused = FusedBatchNorm()
+  for _ in range(3):
+    x = tf.constant(rng.normal(2.0, 3.0, shape).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(x)
+      expected, got = reference(x, training=True), fused(x, training=True)
+      cubes = (tf.reduce_sum(expected ** 3), tf.reduce_sum(got ** 3))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(cubes[1], x).numpy(),
+                               tape.gradient(cubes[0], x).numpy(),
+                               atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(fused.moving_mean.numpy(),
+                             reference.moving_mean.numpy(), atol=1e-6)
+  np.testing.assert_allclose(fused.moving_variance.numpy(),
+                             reference.moving_variance.numpy(), atol=1e-6)
+  assert np.abs(fused.moving_mean.numpy()).max() > 0.01   # they moved
+  np.testing.assert_allclose(fused(x).numpy(), reference(x).numpy(),
+                             atol=5e-6)
+  assert not fused.trainable_variables
