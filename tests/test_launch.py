@@ -272,12 +272,21 @@ def test_the_protocol_fills_only_the_fields_left_unset():
   config.lr_warmup_steps = 50                 # set: the protocol keeps it
   stable = config_lib.resolve(config)
   assert (stable.model.norm, stable.lr_warmup_steps,
-          stable.lr_decay_steps) == ("batch", 50, 500)
+          stable.lr_decay_steps) == ("batch", 50, 500)     # 25 % of 2000
+  config.lr_warmup_steps, config.steps = None, 4000   # fractions of steps
+  longer = config_lib.resolve(config)
+  assert (longer.lr_warmup_steps, longer.lr_decay_steps) == (400, 1000)
+  config.quick = True                                  # 30 steps
+  quick = config_lib.resolve(config)
+  assert (quick.steps, quick.lr_warmup_steps, quick.lr_decay_steps) == (
+      30, 3, 8)
+  config.quick, config.steps = False, 2000
   # ResNet-18's model section has no norm: the rest still applies.
   actions = config_lib.load_config("ucf101")
   actions.protocol, actions.model.weights = "stable", "random"
   resolved = config_lib.resolve(actions)
-  assert "norm" not in resolved.model and resolved.lr_decay_steps == 500
+  assert "norm" not in resolved.model
+  assert resolved.lr_decay_steps == 750      # 25 % of its 3000 steps
   config.protocol = "fast"
   with pytest.raises(ConfigError, match="config.protocol is 'fast'"):
     config_lib.resolve(config)

@@ -307,9 +307,11 @@ def test_importing_the_config_layer_loads_no_tensorflow():
 def test_a_stopped_run_exits_3_and_records_why(shared_data, tmp_path):
   ctx = _Context(tmp_path, None)
   ctx.data = shared_data
-  # lr 1e30: the first update is finite but huge; the next losses overflow.
+  # lr 1e30 at the paper's constant rate, no batch norm: the first update
+  # is finite but huge; the next losses overflow.
   result = _run("gradmix_tf.launch", *_quick(
       ctx, "--config.method=source_only", "--config.lr=1e30",
+      "--config.protocol=paper",
       "--config.max_consecutive_skips=3", own_cache=False))
   assert result.returncode == 3, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
