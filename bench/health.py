@@ -218,7 +218,7 @@ def main():
   ks = [int(k) for k in args.ks.split(",")]
   methods = args.methods.split(",")
   runs_dir = args.runs_dir or os.path.join(
-      table1.REPO, "runs", "health", args.config, args.variant or "protocol")
+      table1.REPO, "runs", "health", args.config, args.variant or "default")
   if not args.report_only:
     for seed in seeds:
       for k in ks:
@@ -239,11 +239,11 @@ def main():
   text = TEMPLATE.format(
       config=args.config,
       variant_title=f", {args.variant}" if args.variant else
-      " (current protocol)",
+      " (the config's own protocol)",
       seeds=args.seeds, minutes=minutes, command=command,
       table="\n".join(rows),
       paired="\n".join(paired.paired_rows(finals, table1.LABELS, ks)))
-  replace_block(args.out, f"health_{args.config}_{args.variant or 'protocol'}",
+  replace_block(args.out, f"health_{args.config}_{args.variant or 'default'}",
                 text)
   print(text)
 
