@@ -13,15 +13,9 @@ without it the launcher says which files to provide. Use
     python -m gradmix_tf.launch --config=digits --workdir=runs/digits \
         --config.data_dir=/path/with/svhn_and_mnist
 
-Training protocol: `config.protocol = "stable"`, which departs from the
-paper's section 4.1 in three places, each measured on H and training health
-(docs/RESULTS.md, "A digit protocol that does not die"): batch norm without
-affine before every ReLU of the digit trunk (the paper's ConvNet as we read
-it has none; unnormalised, runs died at lr 0.05), a linear warm-up over the
-first 10 % of the steps and a cosine decay to 0 over the last 25 % (the
-paper: a constant rate). The rate 0.05, momentum 0.9 and fine-tune rate
-0.005 are the paper's. `--config.protocol=paper` restores the paper's
-network and constant rate in one flag.
+Training protocol: `stable` (its three departures from the paper and the
+measurements behind them: `config_lib.PROTOCOLS`); `--config.protocol=paper`
+is the paper's network and constant rate.
 """
 
 from gradmix_tf import config_lib

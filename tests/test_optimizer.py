@@ -300,10 +300,7 @@ def test_global_clipnorm_clips_the_mixed_gradient_by_hand():
   config.lr, config.momentum, config.global_clipnorm = 0.1, 0.0, 0.1
   variables = _variables()
   optimizer = GradMix(make_main_sgd(config), beta=2.0, gamma=1.0)
-  source_grads = [[tf.constant([1.0, 0.0]), tf.constant([0.4]), None],
-                  [tf.constant([0.0, 1.0]), None, tf.constant([-0.2])]]
-  val_grads = [tf.constant([1.0, 2.0]), tf.constant([9.0]), None]
-  stats = optimizer.apply_gradmix(source_grads, val_grads, variables)
+  stats = optimizer.apply_gradmix(*_hand_step_grads(), variables)
   eta = 0.7310586
   assert float(stats["eta"]) == pytest.approx(eta, abs=1e-6)
   factor = 0.1 / np.sqrt(1 / 9 + 4 / 9 + 0.16 + 0.04)
