@@ -518,8 +518,11 @@ def write_report(args, steps, memory, solver_rows, k_rows, levers, host,
       "No forward pass is recomputed: each source and V go through the trunk "
       "once, on their own examples, and each source's backward pass covers "
       "only its own examples, so the FLOPs of the GradMix step equal those "
-      "of the plain (sources + V) step. There is no batch normalisation in "
-      "the digit ConvNet, so no per-source statistics are involved.",
+      "of the plain (sources + V) step. The digit ConvNet here has "
+      f"`model.norm={_config({}).model.norm!r}` (the config's protocol, "
+      f"`{_config({}).protocol}`); with batch norm each source and V are "
+      "normalised with their own batch, and V's pass puts the moving "
+      "statistics back (see \"Batch norm in the digit trunk\").",
       "",
   ]
   text = "\n".join(lines[2:])  # the "# Performance" title stays outside
