@@ -188,7 +188,14 @@ class MultiSourceModel(keras.Model):
       raise ValueError(
           "MultiSourceModel trains with GradMix: compile(optimizer="
           f"gradmix_tf.GradMix(...)), got {type(self.optimizer).__name__}")
-    self._source_loss = keras.losses.get(loss)
+    loss_fn = keras.losses.get(loss)
+
+    def mean_loss(y, y_pred):
+      # A loss object returns the batch mean; a loss function (a string
+      # such as "sparse_categorical_crossentropy") one value per example.
+      return tf.reduce_mean(loss_fn(y, y_pred))
+
+    self._source_loss = mean_loss
 
   def compile_from_config(self, config):
     """Compiles a loaded model as it was saved (optimizer state follows)."""

@@ -176,3 +176,26 @@ def test_fit_under_mixed_float16_moves_the_loss_scale_inside_gradmix():
     assert int(model.optimizer.iterations) == 3
   finally:
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_loss_given_by_name_steps_as_the_loss_object():
+  rng = np.random.default_rng(4)
+  sources, v, _ = _user_data(rng)
+  losses = {}
+  for loss in (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               "sparse_categorical_crossentropy"):
+    keras.utils.set_random_seed(0)
+    user = _user_model()
+    softmax = keras.Model(user.inputs,
+                          [keras.layers.Softmax()(o) for o in user.outputs])
+    model = gradmix_tf.MultiSourceModel(
+        softmax if isinstance(loss, str) else user, {"a": 0, "b": 1})
+    model.compile(optimizer=gradmix_tf.GradMix(keras.optimizers.SGD(0.05)),
+                  loss=loss)
+    model.fit(gradmix_tf.multi_source_dataset(sources, v), epochs=1,
+              steps_per_epoch=1, verbose=0)
+    losses[isinstance(loss, str)] = [w.numpy() for w in user.weights]
+  # Logits + from_logits and softmax outputs + the function: the same
+  # mean loss, so the same step (a per-example sum would step 16x further).
+  for by_name, by_object in zip(losses[True], losses[False]):
+    np.testing.assert_allclose(by_name, by_object, atol=1e-5)
