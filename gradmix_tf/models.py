@@ -23,8 +23,10 @@ the forward pass is 16.6 MFLOP per image (multiply-adds counted as two
 FLOPs; `forward_flops` computes it), about 50 MFLOP per trained image.
 Pooling after conv1 rather than conv2 keeps the step small: a GradMix step
 of `digits_mnistm` (2 x 32 source images + 10 V images) takes 47 ms on the
-2-core CPU machine (`python bench/step_time.py`, docs/PERFORMANCE.md), so a
-2000-step run takes under 2 minutes. By default there is no batch
+2-core CPU machine (`python bench/step_time.py`, docs/PERFORMANCE.md); with
+the digit configs' batch norm (`norm="batch"`) about 1.27x that, and the
+main job (2000 GradMix steps of `digits_mnistm` with H evaluations) trains
+for 125 s. By default there is no batch
 normalisation, so a source's forward pass does not depend on the other
 sources' batches; `norm="batch"` adds it without trainable offset or scale
 (`digit_convnet_trunk`).
