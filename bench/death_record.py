@@ -36,27 +36,36 @@ DEAD_BELOW = 0.05      # a layer with under 5 % live units is dead
 
 
 def relu_layers(trunk):
-  """The trunk's layers followed by a ReLU (their `activation`)."""
+  """The trunk's weight layers whose output goes through a ReLU: their own
+  `activation`, or (batch-norm trunk, `norm="batch"`) the `<name>_relu`
+  layer that follows their normalisation."""
   import keras  # pylint: disable=g-import-not-at-top
+  names = {layer.name for layer in trunk.layers}
   return [layer for layer in trunk.layers
-          if getattr(layer, "activation", None) is keras.activations.relu]
+          if getattr(layer, "activation", None) is keras.activations.relu
+          or (layer.trainable_variables and f"{layer.name}_relu" in names)]
 
 
 def live_fractions(trunk, probe):
   """`{layer name: fraction of units positive somewhere on probe}`.
 
   A unit is a channel of a convolution (positive at any position of any
-  probe image) or a neuron of a dense layer.
+  probe image) or a neuron of a dense layer, read after its ReLU. The probe
+  runs in inference mode (batch norm with its moving statistics).
   """
-  watched = {id(layer) for layer in relu_layers(trunk)}
+  names = {layer.name for layer in trunk.layers}
+  # Where each watched layer's ReLU output is read: its own output, or
+  # that of its `<name>_relu` layer.
+  read_at = {(f"{layer.name}_relu" if f"{layer.name}_relu" in names
+              else layer.name): layer.name for layer in relu_layers(trunk)}
   out = {}
   x = probe
   for layer in trunk.layers:
     x = layer(x)
-    if id(layer) in watched:
+    if layer.name in read_at:
       values = np.asarray(x)
       units = values.reshape(-1, values.shape[-1])
-      out[layer.name] = float(np.mean(np.any(units > 0, axis=0)))
+      out[read_at[layer.name]] = float(np.mean(np.any(units > 0, axis=0)))
   return out
 
 

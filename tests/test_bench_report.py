@@ -230,6 +230,15 @@ def test_death_record_counts_live_units_by_hand_and_records_every_step(
   assert records[0]["layers"]["conv1"]["update_norm"] == 0.0
   assert records[1]["layers"]["fc1"]["update_norm"] > 0.0
   assert set(records[1]["losses"]) == {"loss/s1", "loss/s2"}
+  # The batch-norm trunk: the same five layers, read after their ReLU.
+  bn = Trainer(tiny_config(method="source_only", steps=1, model=dict(
+      name="digit_convnet", widths=(2, 2, 2, 2), units=4, norm="batch")),
+               data, str(tmp_path / "bn"))
+  assert [layer.name for layer in record.relu_layers(bn.model.trunk)] == [
+      "conv1", "conv2", "conv3", "conv4", "fc1"]
+  bn_live = record.live_fractions(bn.model.trunk, data.h[0])
+  assert set(bn_live) == set(names)
+  assert all(0.0 <= value <= 1.0 for value in bn_live.values())
   # A layer is dead from its first step under 5 % live units.
   fake = [{"step": s, "layers": {"conv1": {"live": l}, "fc1": {"live": 1.0}}}
           for s, l in enumerate([1.0, 0.5, 0.04, 0.0])]
