@@ -36,12 +36,7 @@ def _unchecked_apply(optimizer, grads, variables, losses=()):
 
 
 def main():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "digits_mnistm", os.path.join(REPO, "configs", "digits_mnistm.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config("digits_mnistm")
   config.method = "joint"
   config = config_lib.resolve(config)
   data = build_experiment(config, seed=0, k=2)

@@ -68,10 +68,7 @@ SOURCE_ONLY = "plain (sources)"
 
 
 def _config(overrides):
-  module = {}
-  with open(os.path.join(REPO, "configs", "digits_mnistm.py")) as f:
-    exec(compile(f.read(), "digits_mnistm.py", "exec"), module)  # pylint: disable=exec-used
-  config = module["get_config"]()
+  config = config_lib.load_config("digits_mnistm")
   config.k = 2
   for key, value in overrides.items():
     *parents, leaf = key.split(".")

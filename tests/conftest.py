@@ -71,12 +71,7 @@ def tiny_config(**overrides):
 
 def config_file(name, **overrides):
   """`configs/<name>.py`'s `get_config()` with top-level `overrides`."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config(name)
   for key, value in overrides.items():
     config[key] = value
   return config

@@ -1,7 +1,6 @@
 """Action data: loaders on fixtures in the official layouts, frame sampling,
 per-video accuracy, clear errors, and the ucf101 launcher run."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,11 +23,7 @@ def fixture_root(tmp_path_factory):
 
 
 def _ucf101_config(root, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "ucf101_config", os.path.join(REPO, "configs", "ucf101.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config("ucf101")
   config.actions.root = root
   config.model.weights = "random"
   config.input_shape = (16, 16, 3)
