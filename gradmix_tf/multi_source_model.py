@@ -95,6 +95,11 @@ def as_fit_element(batches):
   return batches, v_y
 
 
+def _paths(variables):
+  """Sorted variable paths of variables or of paths given as strings."""
+  return sorted(v if isinstance(v, str) else v.path for v in variables)
+
+
 def _select(outputs, key):
   """Output `key` of a model's outputs (a list, a dict or one tensor)."""
   if isinstance(outputs, (list, tuple, dict)):
@@ -115,10 +120,11 @@ class MultiSourceModel(keras.Model):
       the sources (GradMix's weights follow it).
     validation_output: the target's output: V's loss, `predict`,
       `evaluate`.
-    shared_variables: optional variables every source's gradient keeps
-      (the trunk); default: inferred from which gradients exist.
+    shared_variables: optional variables (or their `path`s) every source's
+      gradient keeps (the trunk); default: inferred from which gradients
+      exist. Kept by path, so a saved and loaded model keeps them.
     source_variables: with `shared_variables`, `{source: [its own
-      variables]}` (its head).
+      variables or paths]}` (its head).
     log_mix_weights: log each step's per-layer mixing weights too (for
       TensorBoard; off by default: layers x sources entries crowd the
       progress bar).
@@ -139,12 +145,17 @@ class MultiSourceModel(keras.Model):
     self.source_names = list(self.source_outputs)
     self.validation_output = validation_output
     self.log_mix_weights = bool(log_mix_weights)
-    self._explicit = None
+    self.shared_variables = None
+    self.source_variables = None
     if shared_variables is not None:
-      shared = {id(v) for v in shared_variables}
-      own = {name: {id(v) for v in (source_variables or {}).get(name, ())}
-             for name in self.source_names}
-      self._explicit = (shared, own)
+      paths = [v.path for v in model.trainable_variables]
+      if len(set(paths)) < len(paths):
+        raise ValueError("shared_variables needs the model's variable paths "
+                         "to be distinct; give its layers distinct names")
+      self.shared_variables = _paths(shared_variables)
+      self.source_variables = {
+          name: _paths((source_variables or {}).get(name, ()))
+          for name in self.source_names}
     self.loss_trackers = {
         name: keras.metrics.Mean(name=f"loss_{name}")
         for name in self.source_names}
@@ -213,6 +224,8 @@ class MultiSourceModel(keras.Model):
             "model": keras.saving.serialize_keras_object(self.model),
             "source_outputs": self.source_outputs,
             "validation_output": self.validation_output,
+            "shared_variables": self.shared_variables,
+            "source_variables": self.source_variables,
             "log_mix_weights": self.log_mix_weights}
 
   @classmethod
@@ -236,10 +249,13 @@ class MultiSourceModel(keras.Model):
     v_x = batches[VALIDATION]
 
     def source_losses():
-      return [self._source_loss(
-          y, _select(self.model(x, training=True), self.source_outputs[name]))
-              / float(replicas)
-              for name, (x, y) in ((n, batches[n]) for n in self.source_names)]
+      losses = []
+      for name in self.source_names:
+        x, y = batches[name]
+        logits = _select(self.model(x, training=True),
+                         self.source_outputs[name])
+        losses.append(self._source_loss(y, logits) / float(replicas))
+      return losses
 
     v_logits = []
 
@@ -251,7 +267,7 @@ class MultiSourceModel(keras.Model):
     variables = self.trainable_variables
     losses, v_loss, stats = multi_source_step.gradmix_step(
         self.optimizer, variables, source_losses, validation_loss,
-        self._explicit_grads(variables) if self._explicit else None)
+        self._explicit_grads(variables) if self.shared_variables else None)
     for name, loss in zip(self.source_names, losses):
       self.loss_trackers[name].update_state(loss * float(replicas))
     self.total_loss_tracker.update_state(tf.add_n(losses) * float(replicas))
@@ -279,12 +295,12 @@ class MultiSourceModel(keras.Model):
 
   def _explicit_grads(self, variables):
     """Keeps each source's gradient on the shared and its own variables."""
-    shared, own = self._explicit
-    names = self.source_names
+    kept = [set(self.shared_variables) | set(self.source_variables[name])
+            for name in self.source_names]
 
     def adjust(source_grads):
-      return [[g if id(v) in shared or id(v) in own[name] else None
+      return [[g if v.path in keep else None
                for g, v in zip(grads, variables)]
-              for name, grads in zip(names, source_grads)]
+              for keep, grads in zip(kept, source_grads)]
     return adjust
 

@@ -146,6 +146,35 @@ def test_explicit_shared_and_source_variables():
   assert {"mix_weight/trunk/a", "mix_weight/trunk/b"} <= set(history.history)
 
 
+def test_explicit_variables_survive_save_and_load(tmp_path):
+  # Source a declared to train the trunk only: the target head, which its
+  # loss reaches, gets no gradient (V's head gradient is never applied),
+  # before and after a .keras round trip; inferred, a would train it.
+  rng = np.random.default_rng(2)
+  sources, v, _ = _user_data(rng)
+  user = _user_model()
+  model = gradmix_tf.MultiSourceModel(
+      user, {"a": 0, "b": 1},
+      shared_variables=user.get_layer("trunk").trainable_variables,
+      source_variables={"a": [],
+                        "b": user.get_layer("other_head").trainable_variables})
+  model.compile(optimizer=gradmix_tf.GradMix(keras.optimizers.SGD(0.05)),
+                loss=_loss())
+  path = str(tmp_path / "explicit.keras")
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  for m in (model, loaded):
+    head = m.model.get_layer("target_head")
+    before = [w.numpy().copy() for w in head.weights]
+    other = m.model.get_layer("other_head").kernel.numpy().copy()
+    m.fit(gradmix_tf.multi_source_dataset(sources, v), epochs=1,
+          steps_per_epoch=2, verbose=0)
+    for w, b in zip(head.weights, before):
+      np.testing.assert_array_equal(w.numpy(), b)
+    assert not np.array_equal(m.model.get_layer("other_head").kernel.numpy(),
+                              other)
+
+
 def test_an_unbuilt_model_is_refused_with_the_fix():
   unbuilt = keras.Sequential([keras.layers.Dense(2)])
   with pytest.raises(ValueError, match="needs a built model"):
