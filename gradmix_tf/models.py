@@ -76,7 +76,6 @@ class MultiHeadClassifier(keras.Model):
 
 
 NORMS = ("none", "batch")
-KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
 
 
 @keras.saving.register_keras_serializable(package="gradmix_tf")
