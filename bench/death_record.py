@@ -87,11 +87,11 @@ def record_run(trainer, steps, probe_images):
   """Runs the first phase for `steps` steps; returns the per-step records
   (step 0: the initial weights)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import batch_indices  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   phase = trainer.phases[0]
   config = trainer.config
-  steps = min(steps, phase["steps"])
-  sizes = phase.get("index_sizes") or [len(s.y) for s in trainer.data.sources]
+  steps = min(steps, phase.steps)
+  sizes = phase.index_sizes
   streams = [batch_indices(n, int(config.batch_size), [int(config.seed), i],
                            0, steps) for i, n in enumerate(sizes)]
   layers = relu_layers(trainer.model.trunk)
@@ -116,7 +116,7 @@ def record_run(trainer, steps, probe_images):
 
   records = [snapshot(0, {})]
   for row in range(steps):
-    stats = phase["fn"](tuple(tf.constant(s[row]) for s in streams))
+    stats = trainer.step_functions[0](tuple(tf.constant(s[row]) for s in streams))
     trainer.step.assign(row + 1)
     records.append(snapshot(row + 1, stats))
   return records, [layer.name for layer in layers]
@@ -157,7 +157,7 @@ def main():
   import tempfile  # pylint: disable=g-import-not-at-top
   from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
   from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(args.config)
   config.method, config.k, config.seed = args.method, args.k, args.seed
   for override in args.extra:
@@ -173,8 +173,8 @@ def main():
   config = config_lib.resolve(config)
   data = build_experiment(config, seed=args.seed, k=args.k)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = Trainer(config, data, workdir)
-    records, names = record_run(trainer, args.steps, data.h[0][:args.probe])
+    trainer = build_runner(config, data, workdir)
+    records, names = record_run(trainer, args.steps, data.h.images[:args.probe])
   summary = summarize(records, names)
   out = args.out or os.path.join(
       REPO, "runs", "death_record",

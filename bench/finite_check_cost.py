@@ -2,7 +2,7 @@ r"""Cost of the non-finite check in a plain step (sources + V, `joint`).
 
     taskset -c 0 python bench/finite_check_cost.py
 
-Every non-GradMix step applies its update through `Trainer.apply_finite`
+Every non-GradMix step applies its update through `Task.apply_finite`
 (skip a step whose gradients or loss are not finite: docs/RELIABILITY.md).
 This times the `digits_mnistm` joint step with that check and with the
 plain `optimizer.apply` it replaced, interleaved in blocks of 30 steps in
@@ -22,17 +22,22 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.multi_source_task import MultiSourceTask  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.runner import Runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROUNDS, BLOCK, BATCH = 12, 30, 32
 
 
-def _unchecked_apply(optimizer, grads, variables, losses=()):
-  """The step's update as it was before the check: applied whatever it is."""
-  del losses
-  pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-  optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-  return tf.constant(True)
+class UncheckedTask(MultiSourceTask):
+  """The task with each update as it was before the check: applied
+  whatever it is."""
+
+  def apply_finite(self, optimizer, grads, variables, losses=()):
+    del losses
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+    return tf.constant(True)
 
 
 def main():
@@ -42,19 +47,14 @@ def main():
   data = build_experiment(config, seed=0, k=2)
   trainers = {}
   for checked in (False, True):
-    trainer = Trainer(config, data, f"/tmp/finite_check_cost_{checked}")
-    if not checked:
-      trainer.apply_finite = _unchecked_apply
-      trainer.phases = trainer._make_phases()  # pylint: disable=protected-access
-      for phase in trainer.phases:
-        phase["optimizer"].build(trainer.variables)
-    trainers[checked] = trainer
+    task = (MultiSourceTask if checked else UncheckedTask)(config, data)
+    trainers[checked] = Runner(task, f"/tmp/finite_check_cost_{checked}")
   steps = 10 + ROUNDS * BLOCK
   streams = [batch_indices(len(s.y), BATCH, [0, i], 0, steps)
              for i, s in enumerate(data.sources)]
 
   def run(trainer, start, count):
-    step = trainer.phases[0]["fn"]
+    step = trainer.step_functions[0]
     for row in range(start, start + count):
       out = step(tuple(tf.constant(s[row]) for s in streams))
       bool(out["applied"])      # the loop reads it every step

@@ -35,14 +35,14 @@ from gradmix_tf import solvers  # pylint: disable=g-import-not-at-top,wrong-impo
 def partial_steps(stepper):
   """Steps 2-4 on the trainer and optimizer of a GradMix stepper."""
   trainer = stepper.trainer
-  optimizer = trainer.phases[0]["optimizer"]
+  optimizer = trainer.phases[0].optimizer
   inner = optimizer.inner_optimizer
-  variables = trainer.variables
+  variables = trainer.task.variables
 
   def grads_of(indices):
     with tf.GradientTape(persistent=True) as tape:
-      losses = trainer._source_losses(indices)  # pylint: disable=protected-access
-      val_loss = trainer._validation_loss()  # pylint: disable=protected-access
+      losses = trainer.task.source_losses(indices)
+      val_loss = trainer.task.validation_loss()
     source_grads = [tape.gradient(l, variables) for l in losses]
     val_grads = tape.gradient(val_loss, variables)
     return source_grads, val_grads, losses
@@ -53,7 +53,7 @@ def partial_steps(stepper):
     inner.apply(summed, variables)
 
   def statistics(source_grads, val_grads):
-    mixed, _ = optimizer._group_layers(source_grads, val_grads, variables)  # pylint: disable=protected-access
+    mixed, _ = optimizer._group_layers(source_grads, val_grads, variables)
     return solvers.gram_statistics(
         [[[g[i] for i in idx] for g in source_grads] for _, idx in mixed],
         [[val_grads[i] for i in idx] for _, idx in mixed])
@@ -87,7 +87,7 @@ def main():
   parser.add_argument("--block", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=10)
   args = parser.parse_args()
-  data = step_time._data(step_time._config({}))  # pylint: disable=protected-access
+  data = step_time._data(step_time._config({}))
   workdir = f"/tmp/gradmix_profile_{os.getpid()}"
   floor = step_time.Stepper(step_time.VARIANTS[step_time.FLOOR], data,
                             os.path.join(workdir, "floor"))

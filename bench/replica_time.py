@@ -33,11 +33,12 @@ def child(mode, steps):
       distribution="default" if mode == "single" else "mirrored",
       logical_cpus=0 if mode == "single" else 2))
   strategy = distribute.make_strategy(config)
-  from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   data = step_time._data(config)  # pylint: disable=protected-access
-  trainer = Trainer(config, data, f"/tmp/gradmix_replicas_{os.getpid()}",
+  trainer = build_runner(config, data, f"/tmp/gradmix_replicas_{os.getpid()}",
                     strategy=strategy)
-  fn = trainer.phases[0]["fn"]
+  fn = trainer.step_functions[0]
   streams = [batch_indices(len(s.y), 32, [0, i], 0, steps + 10)
              for i, s in enumerate(data.sources)]
   times = []

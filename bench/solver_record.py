@@ -49,10 +49,10 @@ def record_run(trainer, steps):
   """Per-step weights `[steps, layers, k]` and consecutive cosines
   `[steps - 1, layers]` of the first phase's GradMix steps."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import batch_indices  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   phase = trainer.phases[0]
   config, data = trainer.config, trainer.data
-  steps = min(steps, phase["steps"])
+  steps = min(steps, phase.steps)
   streams = [batch_indices(len(s.y), int(config.batch_size),
                            [int(config.seed), i], 0, steps)
              for i, s in enumerate(data.sources)]
@@ -94,7 +94,7 @@ def record_run(trainer, steps):
                for s, i in zip(data.sources, indices)]
     per_source = [flat_per_layer([g.numpy() for g in grads])
                   for grads in source_grads(batches)]
-    stats = phase["fn"](tuple(tf.constant(i) for i in indices))
+    stats = trainer.step_functions[0](tuple(tf.constant(i) for i in indices))
     trainer.step.assign(row + 1)
     w = stats["weights"].numpy()
     mixed = [sum(w[l, s] * per_source[s][l] for s in range(len(per_source)))
@@ -133,7 +133,7 @@ def main():
   import tempfile  # pylint: disable=g-import-not-at-top
   from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
   from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   result = {"args": vars(args), "one_source_at": ONE_SOURCE, "solvers": {}}
   if os.path.isfile(args.out):      # resumable: finished (solver, seed) kept
     with open(args.out) as f:
@@ -150,7 +150,7 @@ def main():
       config = config_lib.resolve(config)
       data = build_experiment(config, seed=seed, k=args.k)
       with tempfile.TemporaryDirectory() as workdir:
-        weights, cosines, names = record_run(Trainer(config, data, workdir),
+        weights, cosines, names = record_run(build_runner(config, data, workdir),
                                              args.steps)
       done[str(seed)] = {
           "layers": names,

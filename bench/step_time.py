@@ -25,7 +25,7 @@ source, V = 5k images, k = 2 shots here):
    batches (`--only=fit` runs this part alone).
 
 Every step uses the trainer's own compiled step functions
-(`gradmix_tf.trainer.Trainer`), so what is timed is what trains.
+(`gradmix_tf.runner.Runner`), so what is timed is what trains.
 """
 
 import argparse
@@ -51,7 +51,9 @@ from gradmix_tf import config_lib, solvers  # pylint: disable=g-import-not-at-to
 from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.models import AllHeads  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.multi_source_model import MultiSourceModel, as_fit_element  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.trainer import Trainer, batch_indices, make_gradmix  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.multi_source_task import make_gradmix  # pylint: disable=g-import-not-at-top,wrong-import-position
 from report import replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> config overrides of digits_mnistm
@@ -100,8 +102,8 @@ class Stepper:
 
   def __init__(self, overrides, data, workdir, steps=100000):
     config = _config(overrides)
-    self.trainer = Trainer(config, data, workdir)
-    self.fn = self.trainer.phases[0]["fn"]
+    self.trainer = build_runner(config, data, workdir)
+    self.fn = self.trainer.step_functions[0]
     self.streams = [batch_indices(len(s.y), int(config.batch_size), [0, i], 0,
                                   steps) for i, s in enumerate(data.sources)]
     self.position = 0
@@ -126,7 +128,7 @@ class FitStepper:
   def __init__(self, data, workdir, steps=100000):
     import keras  # pylint: disable=g-import-not-at-top
     config = _config(VARIANTS["GradMix (exact)"])
-    twin = Trainer(config, data, workdir)
+    twin = build_runner(config, data, workdir)
     self.model = MultiSourceModel(
         AllHeads(twin.model), {s.name: s.head for s in data.sources},
         validation_output=data.target_head)
@@ -139,7 +141,7 @@ class FitStepper:
                     for i, s in enumerate(data.sources))
     images = [tf.constant(s.x) for s in data.sources]
     labels = [tf.constant(s.y) for s in data.sources]
-    validation = (tf.constant(data.v[0]), tf.constant(data.v[1]))
+    validation = (tf.constant(data.v.images), tf.constant(data.v.labels))
     names = [s.name for s in data.sources]
 
     def element(*indices):
@@ -239,7 +241,7 @@ def write_fit_report(args, row):
       "",
       "| path | ms / step |",
       "|---|---|",
-      f"| runner (`Trainer` GradMix step) | {fmt(row['runner_ms'])} |",
+      f"| runner (`Runner` GradMix step) | {fmt(row['runner_ms'])} |",
       f"| `fit()` (`MultiSourceModel.train_function`) | {fmt(row['fit_ms'])} |",
       f"| fit / runner | {fmt(row['ratio'], 'x')} |",
       "",

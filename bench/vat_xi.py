@@ -21,14 +21,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf import semi_supervised as ssl  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():
   config = tiny_config(method="gradmix_vat")
   config.model.widths, config.model.units = (32, 32, 64, 64), 128
-  trainer = Trainer(config, tiny_data(), "/tmp/vat_xi_workdir")
-  images = tf.cast(tf.constant(tiny_data().u[0][:8]), tf.float32)
+  trainer = build_runner(config, tiny_data(), "/tmp/vat_xi_workdir")
+  images = tf.cast(tf.constant(tiny_data().u.images[:8]), tf.float32)
 
   def model_fn(x):
     return trainer.model(x, head=0)

@@ -22,6 +22,7 @@ from gradmix_tf import config_lib
 def get_config():
   config = config_lib.base_config()
   config.name = "holistic_digits"
+  config.experiment = "holistic"
   config.method = "fine_tune"
   config.input_shape = (28, 28, 3)
   digits = tuple(range(10))

@@ -28,6 +28,7 @@ from gradmix_tf import config_lib
 def get_config():
   config = config_lib.base_config()
   config.name = "ucf101"
+  config.experiment = "actions"
   config.k = 3
   config.input_shape = (224, 224, 3)
   config.model = ml_collections.ConfigDict(dict(name="resnet18", weights=""))

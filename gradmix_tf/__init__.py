@@ -26,9 +26,12 @@ _LAZY = {
     "gram_statistics": "gradmix_tf.solvers",
     "mixed_cosine": "gradmix_tf.solvers",
     "solve_mix_weights": "gradmix_tf.solvers",
-    "METHODS": "gradmix_tf.trainer",
-    "Trainer": "gradmix_tf.trainer",
-    "HolisticTrainer": "gradmix_tf.holistic",
+    "Phase": "gradmix_tf.task",
+    "Task": "gradmix_tf.task",
+    "MultiSourceTask": "gradmix_tf.multi_source_task",
+    "Runner": "gradmix_tf.runner",
+    "build_runner": "gradmix_tf.runner",
+    "run_method": "gradmix_tf.runner",
 }
 
 __all__ = sorted([*_LAZY, "ConfigError", "DataError", "TrainingError",

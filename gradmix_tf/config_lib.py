@@ -30,6 +30,9 @@ def base_config():
   """Fields every digit experiment has; see `configs/digits_mnistm.py`."""
   config = ml_collections.ConfigDict()
   config.name = ""
+  # digits | actions | holistic (gradmix_tf/methods.py): what the run's
+  # data are and which methods it may run.
+  config.experiment = "digits"
   config.method = "gradmix"
   config.seed = 0
   config.k = 2
@@ -62,12 +65,12 @@ def base_config():
   config.batch_size = 32           # per source
   config.lr = 0.05
   # Linear warm-up of config.lr over this many optimizer steps (0 to lr,
-  # then constant; trainer.main_learning_rate) for every optimizer that
+  # then constant; sgd.main_learning_rate) for every optimizer that
   # trains at config.lr (not finetune_lr, target_lr or mme.lr). 0: the
   # paper's constant rate. None: the protocol's.
   config.lr_warmup_steps = placeholder(int)
   # Cosine decay of config.lr to 0 over the last this-many of config.steps
-  # (trainer.main_learning_rate; same optimizers as the warm-up). 0: none.
+  # (sgd.main_learning_rate; same optimizers as the warm-up). 0: none.
   # None: the protocol's.
   config.lr_decay_steps = placeholder(int)
   # Clip the global norm of every update of config.lr's optimizers (the
@@ -87,53 +90,10 @@ def base_config():
   config.gamma = 0.6
   config.rho_reduction = "sum"
   config.max_consecutive_skips = 10
-  # Ensemble pseudo-labels (gradmix_hard_label, gradmix_soft_label;
-  # gradmix_tf/pipeline.py). The paper's grid is beta 5..10 x gamma
-  # 0..0.8 by 0.1; a 2 x 2 grid keeps a run within an hour on 2 CPU cores.
-  config.pseudo_label = ml_collections.ConfigDict(dict(
-      betas=(5.0, 10.0), gammas=(0.3, 0.6), members=3, threshold=0.8,
-      v_per_class=100, stage1_steps=0,    # 0: config.steps
-      stage1_lr_warmup_steps=-1,          # -1: config.lr_warmup_steps
-      # Soft-label loss: "model_label" = KL(p_model || y), the paper's;
-      # "label_model" = KL(y || p_model) (gradmix_tf/pseudo_labels.py).
-      soft_loss="model_label",
-      # "" = <workdir>/stage1. A shared directory lets pipelines on the same
-      # data, k and seed (hard and soft labels, an R ablation) train the
-      # grid once; run them one after another (a stage-1 run that another
-      # process is training is refused, naming its pid).
-      stage1_dir=""))
-  # Unlabelled losses as one more GradMix source (gradmix_vat,
-  # gradmix_mixmatch; gradmix_tf/semi_supervised.py). Perturbations are in
-  # units of [0, 1] pixels; epsilon 2.0 is VAT's MNIST setting. xi is 1e-3,
-  # not VAT's 1e-6: on 0..255 float32 pixels a 1e-6 step is rounded away
-  # for some images (zero direction; `python bench/vat_xi.py`).
-  # `train_head`: the unlabelled loss's gradient also trains the target
-  # head. Heads are not mixed (SPEC section 2), so it does so at full
-  # weight whatever weight the mix gives it in the trunk; False keeps the
-  # unlabelled source to the trunk, where the mix weighs it.
-  config.vat = ml_collections.ConfigDict(dict(
-      xi=1e-3, epsilon=2.0, power_iterations=1, train_head=True))
-  # MixMatch: K, T, Beta(alpha), lambda_u as in its paper; its 16k-step
-  # ramp-up scaled to our 2000-step runs. Both papers set epsilon and
-  # lambda_u per dataset; configs/digits_mnistm.py sets its own.
-  config.mixmatch = ml_collections.ConfigDict(dict(
-      augmentations=2, temperature=0.5, alpha=0.75, lambda_u=100.0,
-      rampup_steps=1000, max_shift=2, train_head=True))
-  # MME baseline (method mme; gradmix_tf/mme.py).
-  config.mme = ml_collections.ConfigDict(dict(
-      temperature=0.05, entropy_weight=0.1, lr=0.01))
-  # MDDA baseline (method mdda; gradmix_tf/mdda.py).
-  config.mdda = ml_collections.ConfigDict(dict(
-      latent_domains=2, target_entropy_weight=0.1, domain_weight=0.1))
-  # DCTN baseline (method dctn; gradmix_tf/dctn.py).
-  config.dctn = ml_collections.ConfigDict(dict(
-      adversarial_weight=0.1, confidence=0.9, pseudo_label_start=500))
-  # GradMF (method gradmf; gradmix_tf/gradmf.py).
-  config.gradmf = ml_collections.ConfigDict(dict(
-      steps=1,                 # K progressive steps
-      angle_threshold=0.0,     # degrees; stop turning once this close
-      mode="global",           # global | layer
-      update_rule="projection"))  # projection | turned
+  # The sections only some methods read, with their defaults (the method
+  # registry, gradmix_tf/methods.py, documents each field).
+  for section, defaults in methods.section_defaults().items():
+    config[section] = ml_collections.ConfigDict(dict(defaults))
   # Scale-out (gradmix_tf/distribute.py) and export.
   config.distribution = "default"  # default | mirrored | multi_worker
   config.logical_cpus = 0          # >= 2: mirrored over logical CPU devices
@@ -323,6 +283,10 @@ def validate(config):
     ConfigError: naming the field, the value and what it may be.
   """
   experiment = methods.experiment_of(config)
+  if experiment not in methods.EXPERIMENTS:
+    raise ConfigError(
+        f"config.experiment is {experiment!r}: choose one of "
+        f"{', '.join(methods.EXPERIMENTS)}")
   known = methods.methods_for(experiment)
   if config.method not in known:
     raise ConfigError(
@@ -500,15 +464,7 @@ def field_listing(config):
 # Config sections that only some methods read. A run records and compares
 # only the sections of its own method, so that changing, say, MixMatch's
 # lambda_u does not orphan finished VAT runs or the shared stage-1 grids.
-METHOD_SECTIONS = {
-    "vat": ("gradmix_vat",),
-    "mixmatch": ("gradmix_mixmatch",),
-    "pseudo_label": ("gradmix_hard_label", "gradmix_soft_label"),
-    "mme": ("mme",),
-    "mdda": ("mdda",),
-    "dctn": ("dctn",),
-    "gradmf": ("gradmf",),
-}
+METHOD_SECTIONS = methods.method_sections()
 
 
 def unused_sections(method):

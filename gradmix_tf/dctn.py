@@ -39,12 +39,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradmix_tf import models
 from gradmix_tf import finite_steps
-from gradmix_tf.trainer import Trainer
-from gradmix_tf.trainer import make_main_sgd
-
-METHODS = ("dctn",)
+from gradmix_tf import models
+from gradmix_tf import sgd
+from gradmix_tf.multi_source_task import MultiSourceTask
 
 
 def cocktail_probabilities(scores, source_probs, membership):
@@ -78,13 +76,10 @@ def _bce(logits, label):
       labels=tf.fill(tf.shape(logits), float(label)), logits=logits))
 
 
-class DCTNTrainer(Trainer):
-  """The `Trainer` loop with DCTN's classifiers, discriminators and step."""
+class DCTNTask(MultiSourceTask):
+  """DCTN's classifiers, discriminators and step on sources, V and U."""
 
-  methods = METHODS
-  single_device_only = True
-
-  def _build_model(self):
+  def build_model(self):
     # One classifier per source (its label space), not per label space.
     self.source_classes = [self.data.head_classes[s.head]
                            for s in self.data.sources]
@@ -92,10 +87,7 @@ class DCTNTrainer(Trainer):
                               tuple(self.config.input_shape),
                               [len(c) for c in self.source_classes])
 
-  def _make_phases(self):
-    if not len(self.data.u[1]):
-      from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
-      raise ConfigError("DCTN needs unlabelled target images (U is empty)")
+  def make_phases(self):
     config = self.config
     target_classes = self.data.head_classes[self.data.target_head]
     # source_map[j][c]: index of target class c in source j's head, or -1.
@@ -110,19 +102,18 @@ class DCTNTrainer(Trainer):
     features = int(config.model.units)
     for d in self.discriminators:
       d.build((None, features))
-    self.discriminator_optimizer = make_main_sgd(config)
+    self.discriminator_optimizer = sgd.make_main_sgd(config)
     self.discriminator_optimizer.build(
         [v for d in self.discriminators for v in d.trainable_variables])
-    self.u_images = tf.constant(self.data.u[0])
-    optimizer = make_main_sgd(config)
-    sizes = [len(s.y) for s in self.data.sources] + [len(self.data.u[1])]
-    return [self._phase("dctn", int(config.steps), optimizer,
-                        self._dctn_step(optimizer), index_sizes=sizes)]
+    optimizer = sgd.make_main_sgd(config)
+    return [self.phase("dctn", int(config.steps), optimizer,
+                       self._dctn_step(optimizer),
+                       index_sizes=self.source_sizes() + (len(self.data.u),))]
 
-  def _prediction(self, images):
+  def prediction(self, images):
     return self.cocktail(self.model.trunk(images))[0]
 
-  def _extra_trackables(self):
+  def trackables(self):
     return {"discriminators": self.discriminators,
             "discriminator_optimizer": self.discriminator_optimizer}
 
@@ -139,7 +130,7 @@ class DCTNTrainer(Trainer):
                                    tf.stack(scattered, 1), self.membership),
             logits)
 
-  def _target_cross_entropy(self, features, labels, mask):
+  def target_cross_entropy(self, features, labels, mask):
     """Mean over masked images of the CE on every source containing the
     label (labels index the target's classes)."""
     total, count = 0.0, 0.0
@@ -194,15 +185,15 @@ class DCTNTrainer(Trainer):
         adversarial = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
             labels=tf.ones_like(d_logits), logits=d_logits)) * float(
                 len(self.discriminators))
-        val_loss = self._target_cross_entropy(
+        val_loss = self.target_cross_entropy(
             features[:v_count], self.v_labels,
             tf.ones_like(self.v_labels, tf.float32))
         u_probs = tf.stop_gradient(probs[v_count:])
-        started = tf.cast(self.step >= int(dctn.pseudo_label_start),
+        started = tf.cast(self.setup.step >= int(dctn.pseudo_label_start),
                           tf.float32)
         confident = tf.cast(tf.reduce_max(u_probs, -1) >= float(
             dctn.confidence), tf.float32) * started
-        pseudo_loss = self._target_cross_entropy(
+        pseudo_loss = self.target_cross_entropy(
             features[v_count:], tf.argmax(u_probs, -1, output_type=tf.int32),
             confident)
         total = (tf.add_n(losses) + val_loss + pseudo_loss

@@ -83,3 +83,29 @@ def is_chief_process(config):
                        "chief" in tf_config.get("cluster", {}))
   except (AttributeError, TypeError, ValueError):
     return True
+
+
+# -- Inside a replica step: the one place its arithmetic lives --------------
+
+
+def replica_rows(global_batch, replica_batch):
+  """This replica's rows `[r*b, (r+1)*b)` of a global batch (`r` its id,
+  `b = replica_batch`); the whole batch on one device."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+  start = replica * replica_batch
+  return global_batch[start:start + replica_batch]
+
+
+def replica_share(mean):
+  """A replica's share `mean / R` of a global mean over `R` replicas.
+
+  With the global batch split evenly, the mean over a replica's rows
+  divided by `R` summed over replicas is the global mean, so summing the
+  replicas' gradients gives the gradient of the global mean (what one
+  device computes on the whole batch). A quantity every replica computes on
+  the same data (V) divided by `R` sums back to itself.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+  return mean / float(replicas)

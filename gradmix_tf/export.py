@@ -246,14 +246,14 @@ def preprocessing_of(config):
   return "frames" if methods.experiment_of(config) == "actions" else "digits"
 
 
-def export_trainer(trainer, export_dir, name, version=None, overwrite=False):
-  """Exports a trainer's model after its run (the launcher's export_dir)."""
-  check_finite_weights(trainer.model, f"the model of {trainer.workdir}")
-  data = trainer.data
-  return export_model(trainer.model, data.target_head,
+def export_runner(runner, export_dir, name, version=None, overwrite=False):
+  """Exports a runner's model after its run (the launcher's export_dir)."""
+  check_finite_weights(runner.model, f"the model of {runner.workdir}")
+  data = runner.data
+  return export_model(runner.model, data.target_head,
                       data.head_classes[data.target_head],
-                      trainer.config.input_shape, export_dir, name, version,
-                      overwrite, preprocessing_of(trainer.config))
+                      runner.config.input_shape, export_dir, name, version,
+                      overwrite, preprocessing_of(runner.config))
 
 
 def export_workdir(workdir, export_dir, name=None, version=None,

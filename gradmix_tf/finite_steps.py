@@ -3,7 +3,7 @@
 A step whose gradients hold a NaN or an Inf is skipped: the variables and the
 optimizer's state (momentum, iterations) stay as they were, and the skip is
 counted. The runner stops a run after `max_consecutive_skips` skips in a row
-(`Trainer._check_health`); GradMix keeps its own counters (`GradMix.
+(`runner.Runner._check_health`); GradMix keeps its own counters (`GradMix.
 skipped_steps`, `consecutive_skips`), every other phase uses a `SkipCounter`.
 
 Where the strategy synchronises through `merge_call` (`MirroredStrategy`),

@@ -62,15 +62,13 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf import finite_steps
-from gradmix_tf import methods as method_names
 from gradmix_tf import models
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.files import write_json_atomically
+from gradmix_tf.losses import cross_entropy
+from gradmix_tf.multi_source_task import MultiSourceTask
 from gradmix_tf.optimizer import GradMix
-from gradmix_tf.trainer import Trainer, cross_entropy
-from gradmix_tf.trainer import make_main_sgd, make_sgd
-
-METHODS = method_names.HOLISTIC_METHODS
+from gradmix_tf.sgd import make_main_sgd, make_sgd
 
 
 def distillation_loss(student_logits, teacher_logits, temperature):
@@ -184,17 +182,15 @@ def holistic_accuracies(logits, labels, seen):
   }
 
 
-class HolisticTrainer(Trainer):
-  """The `Trainer` loop with pre-training and a partial-label adaptation.
+class HolisticTask(MultiSourceTask):
+  """Pre-training on the source, then a partial-label adaptation.
 
   `data` comes from `gradmix_tf.data.partial.build_partial_experiment`
   (one source, one head over all classes, `V` and `H` of seen classes).
   """
 
-  methods = METHODS
-  single_device_only = True
-
-  def __init__(self, config, data, workdir, strategy=None):
+  def __init__(self, config, data):
+    super().__init__(config, data)
     classes = data.head_classes[0]
     self.seen = np.array(sorted(classes.index(c)
                                 for c in config.holistic.seen_classes))
@@ -213,9 +209,8 @@ class HolisticTrainer(Trainer):
       raise ConfigError(
           f"holistic.leave_out must be between 0 and {len(self.seen) - 1}, "
           f"got {leave_out}")
-    super().__init__(config, data, workdir, strategy)
 
-  def _prediction(self, images):
+  def prediction(self, images):
     """Softmax of the logits with the unseen-class shift added."""
     unseen = tf.constant(np.isin(np.arange(self.num_classes), self.unseen),
                          tf.float32)
@@ -223,25 +218,26 @@ class HolisticTrainer(Trainer):
 
   # -- Phases -----------------------------------------------------------------
 
-  def _make_phases(self):
+  def make_phases(self):
     config, method = self.config, self.config.method
     holistic = config.holistic
     self.teacher = models.build_model(config.model, tuple(config.input_shape),
                                       (self.num_classes,))
     self.unseen_shift = tf.Variable(0.0, trainable=False,
                                     name="unseen_logit_shift")
-    phases = [self._phase("plain", int(holistic.pretrain_steps),
-                          make_main_sgd(config),
-                          on_end=self._keep_source_model)]
+    pretrain = make_main_sgd(config)
+    phases = [self.phase("plain", int(holistic.pretrain_steps), pretrain,
+                         self.plain_step(pretrain),
+                         on_end=self._keep_source_model)]
     if method == "source_only":
       return phases
     steps = int(config.steps)
-    v_size = [len(self.data.v[1])]
+    v_size = [len(self.data.v.labels)]
     trunk = self.model.trunk.trainable_variables
     if method == "calibrated":
-      subset = np.flatnonzero(np.isin(self.data.v[1], self.pseudo_seen))
+      subset = np.flatnonzero(np.isin(self.data.v.labels, self.pseudo_seen))
       optimizer = make_sgd(config, config.finetune_lr)
-      phases.append(self._phase(
+      phases.append(self.phase(
           "adapt", steps, optimizer,
           self._cross_entropy_step(optimizer, self.variables,
                                    tf.constant(subset, tf.int32)),
@@ -249,13 +245,13 @@ class HolisticTrainer(Trainer):
     if method in ("fine_tune", "calibrated", "frozen_classifier"):
       variables = trunk if method == "frozen_classifier" else self.variables
       optimizer = make_sgd(config, config.finetune_lr)
-      phases.append(self._phase(
+      phases.append(self.phase(
           "adapt", steps, optimizer,
           self._cross_entropy_step(optimizer, variables),
           index_sizes=v_size))
     elif method == "distill":
       optimizer = make_sgd(config, config.finetune_lr)
-      phases.append(self._phase("adapt", steps, optimizer,
+      phases.append(self.phase("adapt", steps, optimizer,
                                 self._distill_step(optimizer),
                                 index_sizes=v_size))
     elif method == "gradmix_distill":
@@ -264,7 +260,7 @@ class HolisticTrainer(Trainer):
                           solver=config.solver,
                           rho_reduction=config.rho_reduction,
                           max_consecutive_skips=config.max_consecutive_skips)
-      phases.append(self._phase(
+      phases.append(self.phase(
           "gradmix", steps, optimizer, self._gradmix_distill_step(optimizer),
           index_sizes=v_size,
           source_names=["cross_entropy", "distillation"]))
@@ -272,12 +268,12 @@ class HolisticTrainer(Trainer):
       # The local steps update the variables directly; the optimizer only
       # gives the phase its (unused) state.
       rounds = max(1, steps // int(holistic.local_steps))
-      phases.append(self._phase("adapt", rounds,
+      phases.append(self.phase("adapt", rounds,
                                 make_sgd(config, holistic.local_lr),
                                 self._lolsgd_step(), index_sizes=[1]))
     return phases
 
-  def _extra_trackables(self):
+  def trackables(self):
     return {"teacher": self.teacher, "unseen_shift": self.unseen_shift}
 
   def _keep_source_model(self):
@@ -287,14 +283,14 @@ class HolisticTrainer(Trainer):
   def _calibrate(self):
     """Chooses the unseen-logit shift and resets to the source model."""
     holistic = self.config.holistic
-    logits = self._logits(self.data.h[0])
+    logits = self._logits(self.data.h.images)
     grid = np.arange(0.0, float(holistic.delta_max) + 1e-9,
                      float(holistic.delta_step))
-    delta, scores = choose_unseen_shift(logits, self.data.h[1],
+    delta, scores = choose_unseen_shift(logits, self.data.h.labels,
                                         self.pseudo_seen, grid)
     self.unseen_shift.assign(delta)
-    if self.is_chief:
-      write_json_atomically(os.path.join(self.workdir, "calibration.json"), {
+    if self.setup.is_chief:
+      write_json_atomically(os.path.join(self.setup.workdir, "calibration.json"), {
           "pseudo_unseen": self.pseudo_unseen.tolist(),
           "delta": delta,
           "scores": scores,
@@ -304,7 +300,7 @@ class HolisticTrainer(Trainer):
 
   # -- Steps ------------------------------------------------------------------
 
-  def _augment_source(self, images):
+  def augment_source(self, images):
     """Colour augmentation of the pre-training images (`pretrain_augment`).
 
     Per image: inverted with probability 1/2, then per channel
@@ -316,7 +312,7 @@ class HolisticTrainer(Trainer):
       return images
     batch = tf.shape(images)[0]
     seed = tf.stack([tf.constant(int(self.config.seed) + 7, tf.int64),
-                     tf.cast(self.step, tf.int64)])
+                     tf.cast(self.setup.step, tf.int64)])
     draws = tf.random.stateless_uniform([batch, 7], seed=seed)
     images = tf.cast(images, tf.float32)
     flip = tf.cast(draws[:, 0] < 0.5, tf.float32)[:, None, None, None]
@@ -383,7 +379,7 @@ class HolisticTrainer(Trainer):
     holistic = self.config.holistic
     leave_out = int(holistic.leave_out)
     batch = int(self.config.batch_size)
-    v_count = len(self.data.v[1])
+    v_count = len(self.data.v.labels)
     base_seed = int(self.config.seed)
 
     def step(indices):
@@ -391,7 +387,7 @@ class HolisticTrainer(Trainer):
       keeps = []
       for copy in range(int(holistic.local_models)):
         seed = tf.stack([tf.constant(base_seed * 1000 + copy, tf.int64),
-                         self.step])
+                         self.setup.step])
         keeps.append((seed, 1.0 - tf.reduce_sum(tf.one_hot(
             left_out_classes(self.seen, leave_out, seed), self.num_classes),
             0)))
@@ -420,7 +416,7 @@ class HolisticTrainer(Trainer):
       finite = finite_steps.all_finite(self.variables)
       for variable, value in zip(self.variables, start):
         variable.assign(tf.where(finite, variable, value))
-      return {"loss/target": loss, "applied": self.skips.record(finite)}
+      return {"loss/target": loss, "applied": self.setup.skips.record(finite)}
     return step
 
   # -- Metrics ----------------------------------------------------------------
@@ -430,8 +426,8 @@ class HolisticTrainer(Trainer):
     return np.concatenate([self.model(tf.constant(images[i:i + 500])).numpy()
                            for i in range(0, len(images), 500)])
 
-  def _extra_metrics(self):
-    images, labels = self.data.test
+  def extra_metrics(self):
+    images, labels = self.data.test.images, self.data.test.labels
     shift = float(self.unseen_shift.numpy())
     logits = self._logits(images) + shift * np.isin(
         np.arange(self.num_classes), self.unseen)
@@ -440,7 +436,7 @@ class HolisticTrainer(Trainer):
         "seen_classes": self.seen.tolist(),
         "unseen_logit_shift": float(self.unseen_shift.numpy()),
     }
-    path = os.path.join(self.workdir, "calibration.json")
+    path = os.path.join(self.setup.workdir, "calibration.json")
     if self.config.method == "calibrated" and os.path.isfile(path):
       with open(path) as f:
         extra["calibration"] = json.load(f)

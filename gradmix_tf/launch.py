@@ -91,7 +91,8 @@ def train(config, workdir):
 
 def _build_data(config):
   """The splits of a digit or holistic experiment (NumPy only)."""
-  if "holistic" in config:
+  from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
+  if methods.experiment_of(config) == "holistic":
     from gradmix_tf.data.partial import build_partial_experiment  # pylint: disable=g-import-not-at-top
     return build_partial_experiment(config, seed=int(config.seed))
   from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
@@ -99,34 +100,20 @@ def _build_data(config):
 
 
 def _train_in(config, workdir, strategy, data):
-  """Dispatches on the config's experiment and method, trains, exports."""
+  """Runs the config's method (`runner.run_method`), exports."""
   from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import runner as runners  # pylint: disable=g-import-not-at-top
   logging.info("Config %s, method %s, k=%d, seed %d, %d replica(s) -> %s",
                config.name, config.method, config.k, config.seed,
                strategy.num_replicas_in_sync, workdir)
-  experiment = methods.experiment_of(config)
-  if experiment == "actions":
+  if methods.experiment_of(config) == "actions":
     from gradmix_tf.data.actions import build_action_experiment  # pylint: disable=g-import-not-at-top
     data = build_action_experiment(config, seed=int(config.seed),
                                    k=int(config.k))
-    trainer = Trainer(config, data, workdir, strategy=strategy)
-  elif experiment == "holistic":
-    from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
-    trainer = HolisticTrainer(config, data, workdir, strategy=strategy)
-  else:
-    from gradmix_tf import dctn, mdda, mme, pipeline  # pylint: disable=g-import-not-at-top
-    baselines = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
-                 "dctn": dctn.DCTNTrainer}
-    if config.method in pipeline.METHODS:
-      return pipeline.run_pseudo_label_pipeline(config, data, workdir,
-                                                strategy)
-    trainer_class = baselines.get(config.method, Trainer)
-    trainer = trainer_class(config, data, workdir, strategy=strategy)
-  metrics = trainer.run()
-  if config.export_dir and trainer.is_chief:
+  metrics, runner = runners.run_method(config, data, workdir, strategy)
+  if config.export_dir and runner is not None and runner.is_chief:
     from gradmix_tf import export  # pylint: disable=g-import-not-at-top
-    path = export.export_trainer(trainer, config.export_dir, config.name)
+    path = export.export_runner(runner, config.export_dir, config.name)
     logging.info("Exported for TF Serving: %s", path)
   return metrics
 

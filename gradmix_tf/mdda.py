@@ -39,10 +39,10 @@ momentum (the digit config's 0.05, 0.9).
 import keras
 import tensorflow as tf
 
-from gradmix_tf.trainer import Trainer, cross_entropy
-from gradmix_tf.trainer import make_main_sgd
-
-METHODS = ("mdda",)
+from gradmix_tf import sgd
+from gradmix_tf.losses import cross_entropy
+from gradmix_tf.losses import entropy
+from gradmix_tf.multi_source_task import MultiSourceTask
 
 
 def weighted_moments(x, weights):
@@ -106,8 +106,6 @@ class WeightedBatchNorm(keras.layers.Layer):
 
 def domain_discovery_loss(weights):
   """`mean_n H(w_n) - H(mean_n w_n)` of assignments `weights [N, D]`."""
-  def entropy(p):
-    return -tf.reduce_sum(p * tf.math.log(tf.maximum(p, 1e-12)), -1)
   return tf.reduce_mean(entropy(weights)) - entropy(
       tf.reduce_mean(weights, 0))
 
@@ -177,13 +175,10 @@ class MDDANet(keras.Model):
     self.built = True
 
 
-class MDDATrainer(Trainer):
-  """The `Trainer` loop with MDDA's network and step."""
+class MDDATask(MultiSourceTask):
+  """MDDA's network and step on sources, V and U."""
 
-  methods = METHODS
-  single_device_only = True
-
-  def _build_model(self):
+  def build_model(self):
     model_config = self.config.model
     model = MDDANet(self.data.num_classes_per_head,
                     latent_domains=int(self.config.mdda.latent_domains),
@@ -192,21 +187,17 @@ class MDDATrainer(Trainer):
     model.build_all(tuple(self.config.input_shape))
     return model
 
-  def _make_phases(self):
-    if not len(self.data.u[1]):
-      from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
-      raise ConfigError("MDDA needs unlabelled target images (U is empty)")
-    self.u_images = tf.constant(self.data.u[0])
-    optimizer = make_main_sgd(self.config)
-    sizes = [len(s.y) for s in self.data.sources] + [len(self.data.u[1])]
-    return [self._phase("mdda", int(self.config.steps), optimizer,
-                        self._mdda_step(optimizer), index_sizes=sizes)]
+  def make_phases(self):
+    optimizer = sgd.make_main_sgd(self.config)
+    return [self.phase("mdda", int(self.config.steps), optimizer,
+                       self._mdda_step(optimizer),
+                       index_sizes=self.source_sizes() + (len(self.data.u),))]
 
   def _mdda_step(self, optimizer):
     mdda = self.config.mdda
     model = self.model
     target = self.data.target_head
-    v_count = len(self.data.v[1])
+    v_count = len(self.data.v.labels)
 
     def step(indices):
       *source_indices, u_index = indices
@@ -230,9 +221,8 @@ class MDDATrainer(Trainer):
             target_images, model.target_weights(target_images),
             training=True))
         val_loss = cross_entropy(self.v_labels, target_logits[:v_count])
-        u_probs = tf.nn.softmax(target_logits[v_count:])
-        u_entropy = -tf.reduce_mean(tf.reduce_sum(
-            u_probs * tf.math.log(tf.maximum(u_probs, 1e-12)), -1))
+        u_entropy = tf.reduce_mean(entropy(tf.nn.softmax(
+            target_logits[v_count:])))
         discovery = domain_discovery_loss(weights)
         total = (tf.add_n(losses) + val_loss
                  + float(mdda.target_entropy_weight) * u_entropy

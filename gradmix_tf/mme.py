@@ -31,10 +31,10 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import models
-from gradmix_tf.trainer import Trainer, cross_entropy
-from gradmix_tf.trainer import make_sgd
-
-METHODS = ("mme",)
+from gradmix_tf import sgd
+from gradmix_tf.losses import cross_entropy
+from gradmix_tf.losses import mean_prediction_entropy
+from gradmix_tf.multi_source_task import MultiSourceTask
 
 
 def gradient_reversal(x, scale=1.0):
@@ -43,12 +43,6 @@ def gradient_reversal(x, scale=1.0):
   def reverse(x):
     return tf.identity(x), lambda upstream: -float(scale) * upstream
   return reverse(x)
-
-
-def entropy(logits):
-  """`-mean_batch sum_c p_c log p_c` of `softmax(logits)`."""
-  log_p = tf.nn.log_softmax(logits)
-  return -tf.reduce_mean(tf.reduce_sum(tf.exp(log_p) * log_p, -1))
 
 
 @keras.saving.register_keras_serializable(package="gradmix_tf")
@@ -75,13 +69,10 @@ class CosineHead(keras.layers.Layer):
             "temperature": self.temperature}
 
 
-class MMETrainer(Trainer):
-  """The `Trainer` loop with MME's model (cosine target head) and step."""
+class MMETask(MultiSourceTask):
+  """MME's model (cosine target head) and step on sources, V and U."""
 
-  methods = METHODS
-  single_device_only = True
-
-  def _build_model(self):
+  def build_model(self):
     target = self.data.target_head
     temperature = float(self.config.mme.temperature)
 
@@ -94,18 +85,14 @@ class MMETrainer(Trainer):
                               tuple(self.config.input_shape),
                               self.data.num_classes_per_head, head)
 
-  def _make_phases(self):
-    if not len(self.data.u[1]):
-      from gradmix_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
-      raise ConfigError("MME needs unlabelled target images (U is empty)")
-    self.u_images = tf.constant(self.data.u[0])
+  def make_phases(self):
     self.mme_sources = [i for i, s in enumerate(self.data.sources)
                         if s.head == self.data.target_head]
-    optimizer = make_sgd(self.config, self.config.mme.lr)
+    optimizer = sgd.make_sgd(self.config, self.config.mme.lr)
     sizes = [len(self.data.sources[i].y) for i in self.mme_sources] + [
-        len(self.data.u[1])]
-    return [self._phase("mme", int(self.config.steps), optimizer,
-                        self._mme_step(optimizer), index_sizes=sizes)]
+        len(self.data.u)]
+    return [self.phase("mme", int(self.config.steps), optimizer,
+                       self._mme_step(optimizer), index_sizes=sizes)]
 
   def _mme_step(self, optimizer):
     lam = float(self.config.mme.entropy_weight)
@@ -120,10 +107,10 @@ class MMETrainer(Trainer):
                               head=head, training=True)
           losses.append(cross_entropy(tf.gather(self.source_labels[i],
                                                 index), logits))
-        val_loss = self._validation_loss()
+        val_loss = self.validation_loss()
         features = self.model.trunk(tf.gather(self.u_images, u_index),
                                     training=True)
-        u_entropy = entropy(self.model.heads[head](
+        u_entropy = mean_prediction_entropy(self.model.heads[head](
             gradient_reversal(features)))
         total = tf.add_n(losses) + val_loss - lam * u_entropy
       applied = self.apply_finite(optimizer,

@@ -29,7 +29,7 @@ apply-or-skip decision runs in cross-replica context, as in
 `LossScaleOptimizer`.
 
 A step with any non-finite source or validation gradient is skipped and
-counted (`skipped_steps`, `consecutive_skips`); the trainer stops after
+counted (`skipped_steps`, `consecutive_skips`); the runner stops after
 `max_consecutive_skips` skips in a row, and the optimizer itself raises
 `tf.errors.InvalidArgumentError` on the next one, so a custom loop cannot
 skip forever without a word.
@@ -113,7 +113,7 @@ class GradMix(keras.optimizers.Optimizer):
     adaptive_lr: `False` gives GradMix w/o AdaLR (`eta = 1`).
     rho_reduction: `"sum"` over mixed layers (Eq. 8) or `"mean"`.
     max_consecutive_skips: how many non-finite steps in a row are skipped;
-      the trainer stops after that many, and the next one in a row raises
+      the runner stops after that many, and the next one in a row raises
       `tf.errors.InvalidArgumentError` here.
     name: optimizer name.
 
@@ -366,7 +366,7 @@ class GradMix(keras.optimizers.Optimizer):
   def _skipped(self, nonfinite_source):
     self.skipped_steps.assign_add(1)
     self.consecutive_skips.assign_add(1)
-    # The trainer stops after max_consecutive_skips in a row; a loop that
+    # The runner stops after max_consecutive_skips in a row; a loop that
     # goes on gets this error on the next one.
     check = tf.debugging.Assert(
         self.consecutive_skips <= self.max_consecutive_skips,

@@ -44,18 +44,19 @@ import tensorflow as tf
 from gradmix_tf import checkpoints
 from gradmix_tf import config_lib
 from gradmix_tf import distribute
-from gradmix_tf import methods as method_names
+from gradmix_tf import methods
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf import workdir as run_directory
-from gradmix_tf.data.experiment import SourceData
+from gradmix_tf.data.experiment import SOFT_LABEL, LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.files import write_json_atomically, write_text_atomically
 
-METHODS = method_names.PSEUDO_LABEL_METHODS
+METHODS = tuple(m.name for m in methods.REGISTRY
+                if m.pipeline.endswith(":run_pseudo_label_pipeline"))
 
 
-def _run(config, data, workdir, strategy, trainer_class):
+def _run(config, data, workdir, strategy):
   """Runs one stage, or reads its metrics if it finished; a workdir of
   another config (a shared stage-1 directory of other data) is refused,
   and so is one another process is training in (its lock)."""
@@ -66,7 +67,8 @@ def _run(config, data, workdir, strategy, trainer_class):
     if os.path.isfile(path):
       with open(path) as f:
         return json.load(f)
-    return trainer_class(config, data, workdir, strategy=strategy).run()
+    from gradmix_tf import runner  # pylint: disable=g-import-not-at-top
+    return runner.build_runner(config, data, workdir, strategy).run()
 
 
 def _with(config, **fields):
@@ -103,7 +105,7 @@ def _member_probabilities(config, data, member_dirs):
     if latest is None:
       raise ConfigError(f"stage-1 run {directory} has no checkpoint; delete "
                         "it to retrain it")
-    images = data.u[0]
+    images = data.u.images
     outputs.append(np.concatenate([
         tf.nn.softmax(model(tf.constant(images[i:i + 500]),
                             head=data.target_head)).numpy()
@@ -123,26 +125,30 @@ def stage2_data(data, hard_index, hard_label, soft, soft_source, v_per_class,
                 seed):
   """Stage 2's experiment: `S_u` added, V enlarged (module docstring)."""
   num_classes = data.num_classes_per_head[data.target_head]
-  add = pseudo_labels.enlarge_validation(data.v[1], hard_label, num_classes,
+  add = pseudo_labels.enlarge_validation(data.v.labels, hard_label, num_classes,
                                          v_per_class, seed)
-  v = (np.concatenate([data.v[0], data.u[0][hard_index[add]]]),
-       np.concatenate([data.v[1], hard_label[add]]).astype(np.int64))
+  if data.v.groups is not None:
+    raise ConfigError("the pseudo-label pipeline enlarges V with U's "
+                      "images; V of video clips is not supported")
+  v = LabelledSet(
+      np.concatenate([data.v.images, data.u.images[hard_index[add]]]),
+      np.concatenate([data.v.labels, hard_label[add]]).astype(np.int64))
   if soft_source:
-    pseudo = SourceData("pseudo_labels", data.u[0], soft, data.target_head)
+    pseudo = SourceData("pseudo_labels", data.u.images, soft, data.target_head,
+                        loss=SOFT_LABEL)
   else:
     if not len(hard_index):
       raise DataError(
           "no image of U got a hard pseudo-label (every member's argmax "
           "and probability >= pseudo_label.threshold); lower the threshold "
           "or use gradmix_soft_label")
-    pseudo = SourceData("pseudo_labels", data.u[0][hard_index], hard_label,
+    pseudo = SourceData("pseudo_labels", data.u.images[hard_index], hard_label,
                         data.target_head)
   return dataclasses.replace(data, sources=data.sources + (pseudo,), v=v)
 
 
 def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
   """Runs (or resumes) the three stages; returns the final metrics."""
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
   if config.method not in METHODS:
     raise ConfigError(f"the pseudo-label pipeline runs {METHODS}, not "
                       f"{config.method!r}")
@@ -159,9 +165,6 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
     raise ConfigError(
         f"pseudo_label.soft_loss={settings.soft_loss!r}: choose one of "
         f"{', '.join(pseudo_labels.SOFT_LOSS_DIRECTIONS)}")
-  if not len(data.u[1]):
-    raise ConfigError("pseudo-labels need unlabelled target images (U is "
-                      "empty)")
   stage1 = settings.stage1_dir or os.path.join(workdir, "stage1")
   steps = int(settings.stage1_steps) or int(config.steps)
   warmup = int(settings.get("stage1_lr_warmup_steps", -1))
@@ -175,7 +178,7 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
     for gamma in gammas:
       run_dir = os.path.join(stage1, f"beta{beta:g}_gamma{gamma:g}")
       metrics = _run(_with(member_config, beta=beta, gamma=gamma), data,
-                     run_dir, strategy, Trainer)
+                     run_dir, strategy)
       results.append({"beta": beta, "gamma": gamma, "dir": run_dir,
                       "hyperval_accuracy": metrics["hyperval_accuracy"],
                       "test_accuracy": metrics["test_accuracy"]})
@@ -192,7 +195,7 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
         probs, float(settings.threshold))
     soft = pseudo_labels.soft_labels(probs)
     record = pseudo_labels.provenance(
-        hard_index, hard_label, soft, data.u[1],
+        hard_index, hard_label, soft, data.u.labels,
         [os.path.relpath(r["dir"], workdir) for r in ranked],
         float(settings.threshold),
         data.num_classes_per_head[data.target_head])
@@ -207,7 +210,7 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
                       config.method == "gradmix_soft_label",
                       int(settings.v_per_class), int(config.seed))
   metrics = _run(_with(config, method="gradmix"), data2,
-                 os.path.join(workdir, "stage2"), strategy, Trainer)
+                 os.path.join(workdir, "stage2"), strategy)
   metrics = dict(metrics, method=config.method, stage1=results,
                  pseudo_labels=record,
                  stage2_examples=metrics.get("num_examples"))

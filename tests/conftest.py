@@ -81,6 +81,7 @@ def tiny_holistic_config(**overrides):
   """`tiny_config` with a small `holistic` section (4-step pre-training)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = tiny_config(**overrides)
+  config.experiment = "holistic"
   config.holistic = ml_collections.ConfigDict(dict(
       seen_classes=(0, 1, 2), per_class=4, heldout_per_class=4,
       pretrain_steps=4, distill_weight=1.0, temperature=2.0, local_models=2,

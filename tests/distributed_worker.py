@@ -37,12 +37,13 @@ def make_strategy(mode):
 def main(mode, out_path, method="gradmix"):
   strategy = make_strategy(mode)
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   data = tiny_data()
   config = tiny_config(method="gradmix" if method == "fit" else method,
                        batch_size=8)
   workdir = os.path.join(os.path.dirname(out_path), f"work_{mode}")
-  trainer = Trainer(config, data, workdir, strategy=strategy)
+  trainer = build_runner(config, data, workdir, strategy=strategy)
   rng = np.random.default_rng(0)
   trainer.model.set_weights([0.1 * rng.normal(size=w.shape).astype(np.float32)
                              for w in trainer.model.get_weights()])
@@ -54,7 +55,7 @@ def main(mode, out_path, method="gradmix"):
     if trainer.is_chief:
       np.savez(out_path, **record)
     return
-  fn = trainer.phases[0]["fn"]
+  fn = trainer.step_functions[0]
   for step in range(STEPS):
     stats = fn(tuple(tf.constant(s[step]) for s in streams))
     for key, value in stats.items():
@@ -71,14 +72,14 @@ def _fit(trainer, data, config, strategy, streams, record):
   import keras  # pylint: disable=g-import-not-at-top
   import gradmix_tf  # pylint: disable=g-import-not-at-top
   from gradmix_tf.multi_source_model import as_fit_element  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import make_gradmix  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.multi_source_task import make_gradmix  # pylint: disable=g-import-not-at-top
   from gradmix_tf.models import AllHeads  # pylint: disable=g-import-not-at-top
   names = [s.name for s in data.sources]
   element = {n: (np.stack([s.x[i] for i in stream]),
                  np.stack([s.y[i] for i in stream]))
              for n, s, stream in zip(names, data.sources, streams)}
-  element["validation"] = (np.stack([data.v[0]] * STEPS),
-                           np.stack([data.v[1]] * STEPS))
+  element["validation"] = (np.stack([data.v.images] * STEPS),
+                           np.stack([data.v.labels] * STEPS))
   # One element per step, each a global batch (Keras splits it across the
   # replicas: 4 + 4 source images, 3 + 3 of V).
   dataset = tf.data.Dataset.from_tensor_slices(element).map(

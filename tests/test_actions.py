@@ -82,18 +82,18 @@ def test_experiment_splits_counts_and_k_shot_by_seed(fixture_root):
   assert [s.name for s in data.sources] == ["mpii", "bu101"]
   # V: 2 clips x 4 classes x 3 frames; H: 1 clip per class, 1 frame;
   # U: the other 3 training clips per class; test: 8 clips x 2 frames.
-  assert len(data.v[1]) == 24 and len(data.h[1]) == 4
-  assert len(data.u[1]) == 12 and len(data.test[1]) == 16
-  np.testing.assert_array_equal(np.bincount(data.v[1]), [6, 6, 6, 6])
-  np.testing.assert_array_equal(data.v_groups, np.repeat(np.arange(8), 3))
-  np.testing.assert_array_equal(data.test_groups,
+  assert len(data.v.labels) == 24 and len(data.h.labels) == 4
+  assert len(data.u.labels) == 12 and len(data.test.labels) == 16
+  np.testing.assert_array_equal(np.bincount(data.v.labels), [6, 6, 6, 6])
+  np.testing.assert_array_equal(data.v.groups, np.repeat(np.arange(8), 3))
+  np.testing.assert_array_equal(data.test.groups,
                                 np.repeat(np.arange(8), 2))
-  assert data.v[0].shape[1:] == (16, 16, 3)
+  assert data.v.images.shape[1:] == (16, 16, 3)
   again = actions.build_action_experiment(config, seed=0, k=2)
   other = actions.build_action_experiment(config, seed=1, k=2)
-  np.testing.assert_array_equal(data.v[0], again.v[0])
-  assert not np.array_equal(data.v[0], other.v[0])
-  np.testing.assert_array_equal(data.h[0], other.h[0])   # H fixed
+  np.testing.assert_array_equal(data.v.images, again.v.images)
+  assert not np.array_equal(data.v.images, other.v.images)
+  np.testing.assert_array_equal(data.h.images, other.h.images)   # H fixed
 
 
 def test_video_accuracy_by_hand():
@@ -130,28 +130,28 @@ def test_clear_errors(fixture_root, tmp_path):
 
 
 def test_v_frames_are_drawn_per_clip_and_step(fixture_root, tmp_path):
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   config = _ucf101_config(fixture_root, steps=2)
   config.actions.frames_per_step = 2
   data = actions.build_action_experiment(config, seed=0, k=2)
-  trainer = Trainer(config, data, str(tmp_path))
+  trainer = build_runner(config, data, str(tmp_path))
   draws = []
   for step in range(3):
     trainer.step.assign(step)
-    images, labels = trainer._validation_images()  # pylint: disable=protected-access
+    images, labels = trainer.task.validation_images()
     draws.append(images.numpy())
     assert images.shape[0] == 8 * 2
     # Every drawn frame is one of its clip's frames.
-    index = [np.flatnonzero((data.v[0] == image).all(axis=(1, 2, 3)))
+    index = [np.flatnonzero((data.v.images == image).all(axis=(1, 2, 3)))
              for image in images.numpy()]
-    clips = [data.v_groups[i] for i in index]
+    clips = [data.v.groups[i] for i in index]
     for position, candidates in enumerate(clips):
       assert position // 2 in candidates
     np.testing.assert_array_equal(labels.numpy(),
-                                  np.repeat(data.v[1][::3], 2))
+                                  np.repeat(data.v.labels[::3], 2))
   trainer.step.assign(0)
   np.testing.assert_array_equal(
-      trainer._validation_images()[0].numpy(), draws[0])  # pylint: disable=protected-access
+      trainer.task.validation_images()[0].numpy(), draws[0])
   assert not np.array_equal(draws[0], draws[1])
 
 

@@ -205,10 +205,10 @@ def test_death_record_counts_live_units_by_hand_and_records_every_step(
     tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   record = _load("death_record")
   data = tiny_data()
-  trainer = Trainer(tiny_config(method="source_only", steps=3), data,
+  trainer = build_runner(tiny_config(method="source_only", steps=3), data,
                     str(tmp_path))
   trunk = trainer.model.trunk
   names = [layer.name for layer in record.relu_layers(trunk)]
@@ -223,20 +223,20 @@ def test_death_record_counts_live_units_by_hand_and_records_every_step(
   fc1_kernel, fc1_bias = trunk.get_layer("fc1").trainable_variables
   fc1_kernel.assign(np.zeros(fc1_kernel.shape))
   fc1_bias.assign([1.0, -1.0, 0.0, 2.0])     # 2 of 4 neurons positive
-  live = record.live_fractions(trunk, data.h[0])
+  live = record.live_fractions(trunk, data.h.images)
   assert live["conv1"] == 0.5 and live["fc1"] == 0.5
-  records, layer_names = record.record_run(trainer, 3, data.h[0])
+  records, layer_names = record.record_run(trainer, 3, data.h.images)
   assert [r["step"] for r in records] == [0, 1, 2, 3]
   assert records[0]["layers"]["conv1"]["update_norm"] == 0.0
   assert records[1]["layers"]["fc1"]["update_norm"] > 0.0
   assert set(records[1]["losses"]) == {"loss/s1", "loss/s2"}
   # The batch-norm trunk: the same five layers, read after their ReLU.
-  bn = Trainer(tiny_config(method="source_only", steps=1, model=dict(
+  bn = build_runner(tiny_config(method="source_only", steps=1, model=dict(
       name="digit_convnet", widths=(2, 2, 2, 2), units=4, norm="batch")),
                data, str(tmp_path / "bn"))
   assert [layer.name for layer in record.relu_layers(bn.model.trunk)] == [
       "conv1", "conv2", "conv3", "conv4", "fc1"]
-  bn_live = record.live_fractions(bn.model.trunk, data.h[0])
+  bn_live = record.live_fractions(bn.model.trunk, data.h.images)
   assert set(bn_live) == set(names)
   assert all(0.0 <= value <= 1.0 for value in bn_live.values())
   # A layer is dead from its first step under 5 % live units.
@@ -300,9 +300,9 @@ def test_solver_record_summary_by_hand():
 
 def test_solver_record_of_a_tiny_run_matches_its_steps(tmp_path):
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   record = _load("solver_record")
-  trainer = Trainer(tiny_config(method="gradmix", steps=4), tiny_data(),
+  trainer = build_runner(tiny_config(method="gradmix", steps=4), tiny_data(),
                     str(tmp_path))
   weights, cosines, names = record.record_run(trainer, 4)
   assert names == ["conv1", "conv2", "conv3", "conv4", "fc1"]

@@ -150,15 +150,15 @@ def test_experiment_splits():
   assert [s.head for s in data.sources] == [0, 1]
   assert len(data.sources[0].y) == 100    # half of 5 classes x 40
   assert data.sources[0].x.shape[1:] == (28, 28, 3)   # grey -> RGB
-  np.testing.assert_array_equal(np.bincount(data.v[1]), [3] * 5)
-  assert len(data.h[1]) == 30 and len(data.test[1]) == 25
-  assert len(data.v[1]) + len(data.h[1]) + len(data.u[1]) == 100
+  np.testing.assert_array_equal(np.bincount(data.v.labels), [3] * 5)
+  assert len(data.h.labels) == 30 and len(data.test.labels) == 25
+  assert len(data.v.labels) + len(data.h.labels) + len(data.u.labels) == 100
   # H is fixed across seeds; V changes with the seed.
-  np.testing.assert_array_equal(runs[0].h[0], runs[1].h[0])
-  assert not np.array_equal(runs[0].v[0], runs[1].v[0])
+  np.testing.assert_array_equal(runs[0].h.images, runs[1].h.images)
+  assert not np.array_equal(runs[0].v.images, runs[1].v.images)
   # V, H, U are disjoint (the images are random, so rows identify them).
   rows = [tuple(img.ravel()[:16]) for part in (data.v, data.h, data.u)
-          for img in part[0]]
+          for img in part.images]
   assert len(set(rows)) == len(rows)
 
 
@@ -204,9 +204,9 @@ def test_real_digits_mnistm_experiment(shared_data, tmp_path):
   assert len(data.sources[0].y) == 14702
   # MNIST train 0-4: 5923+6742+5958+6131+5842 = 30596.
   assert len(data.sources[1].y) == 30596
-  assert len(data.h[1]) + len(data.v[1]) + len(data.u[1]) == 14702
-  assert len(data.test[1]) == 892 + 958 + 1028 + 974 + 1009
-  assert data.test[0].shape[1:] == (28, 28, 3)
+  assert len(data.h.labels) + len(data.v.labels) + len(data.u.labels) == 14702
+  assert len(data.test.labels) == 892 + 958 + 1028 + 974 + 1009
+  assert data.test.images.shape[1:] == (28, 28, 3)
 
 
 
@@ -235,7 +235,7 @@ def test_digits_mnistm_mnist_halves_share_no_digit():
 
   s1 = data.sources[[s.name for s in data.sources].index("s1")]
   source_ids = digit_ids(s1.x, inverted=True)
-  target_ids = set().union(*(digit_ids(part[0], inverted=False)
+  target_ids = set().union(*(digit_ids(part.images, inverted=False)
                              for part in (data.v, data.h, data.u)))
   high = set(np.flatnonzero(mnist.y_train >= 5).tolist())
   assert not source_ids & target_ids
@@ -245,4 +245,4 @@ def test_digits_mnistm_mnist_halves_share_no_digit():
   s2 = data.sources[[s.name for s in data.sources].index("s2")]
   assert digit_ids(s2.x, inverted=False) == set(
       np.flatnonzero(mnist.y_train < 5).tolist())
-  assert len(data.test[1]) == 25
+  assert len(data.test.labels) == 25

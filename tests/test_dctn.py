@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
 from gradmix_tf import dctn
+from gradmix_tf.runner import build_runner
 
 
 def test_perplexity_score_is_minus_log_one_minus_d():
@@ -30,12 +31,12 @@ def test_cocktail_by_hand():
 
 
 def test_category_shift_prediction_is_the_covering_source(tmp_path):
-  trainer = dctn.DCTNTrainer(tiny_config(method="dctn"), tiny_data(),
+  trainer = build_runner(tiny_config(method="dctn"), tiny_data(),
                              str(tmp_path))
   # s1 holds the target's classes (5, 6, 7), s2 (0, 1) none of them.
-  np.testing.assert_array_equal(trainer.source_map,
+  np.testing.assert_array_equal(trainer.task.source_map,
                                 [[0, 1, 2], [-1, -1, -1]])
-  images = tf.constant(tiny_data().test[0][:4])
+  images = tf.constant(tiny_data().test.images[:4])
   expected = tf.nn.softmax(trainer.model.heads[0](trainer.model.trunk(
       images))).numpy()
   np.testing.assert_allclose(trainer.probabilities(images.numpy()), expected,
@@ -43,7 +44,7 @@ def test_category_shift_prediction_is_the_covering_source(tmp_path):
 
 
 def test_target_cross_entropy_uses_sources_holding_the_class(tmp_path):
-  trainer = dctn.DCTNTrainer(tiny_config(method="dctn"), tiny_data(),
+  trainer = build_runner(tiny_config(method="dctn"), tiny_data(),
                              str(tmp_path))
   features = tf.constant(np.random.default_rng(0).normal(size=(3, 4)),
                          tf.float32)
@@ -53,7 +54,7 @@ def test_target_cross_entropy_uses_sources_holding_the_class(tmp_path):
   mask = tf.constant([1.0, 0.0, 1.0])
   # Only source 0 holds the classes; image 1 is masked out.
   expected = -(log_p[0, 0] + log_p[2, 1]) / 2
-  value = trainer._target_cross_entropy(features, labels, mask)  # pylint: disable=protected-access
+  value = trainer.task.target_cross_entropy(features, labels, mask)
   assert float(value) == pytest.approx(expected, rel=1e-5)
 
 
@@ -61,10 +62,10 @@ def test_trainer_runs_dctn_with_pseudo_labels(tmp_path):
   config = tiny_config(method="dctn")
   config.dctn.pseudo_label_start = 2
   config.dctn.confidence = 0.0          # every U image is pseudo-labelled
-  trainer = dctn.DCTNTrainer(config, tiny_data(), str(tmp_path))
-  before = [v.numpy().copy() for v in trainer.discriminators[0].weights]
+  trainer = build_runner(config, tiny_data(), str(tmp_path))
+  before = [v.numpy().copy() for v in trainer.task.discriminators[0].weights]
   metrics = trainer.run()
   assert metrics["method"] == "dctn"
   assert 0.0 <= metrics["test_accuracy"] <= 1.0
-  after = [v.numpy() for v in trainer.discriminators[0].weights]
+  after = [v.numpy() for v in trainer.task.discriminators[0].weights]
   assert any(not np.allclose(a, b) for a, b in zip(before, after))

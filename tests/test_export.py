@@ -11,7 +11,7 @@ from conftest import REPO, tiny_config, tiny_data
 from gradmix_tf import export
 from gradmix_tf.data.digits import conform_images
 from gradmix_tf.errors import UserError
-from gradmix_tf.trainer import Trainer
+from gradmix_tf.runner import build_runner
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable),
                                "saved_model_cli")
@@ -20,9 +20,9 @@ SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable),
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
-  trainer = Trainer(tiny_config(steps=3), tiny_data(), str(root / "run"))
+  trainer = build_runner(tiny_config(steps=3), tiny_data(), str(root / "run"))
   trainer.run()
-  path = export.export_trainer(trainer, str(root / "models"), "tiny")
+  path = export.export_runner(trainer, str(root / "models"), "tiny")
   return trainer, path, root
 
 
@@ -41,10 +41,10 @@ def test_export_layout_and_version_refusal(trained):
   assert path == str(root / "models" / "tiny" / "1")
   assert os.path.isfile(os.path.join(path, "saved_model.pb"))
   with pytest.raises(UserError, match="already exists"):
-    export.export_trainer(trainer, str(root / "models"), "tiny", version=1)
-  assert export.export_trainer(trainer, str(root / "models"), "tiny").endswith(
+    export.export_runner(trainer, str(root / "models"), "tiny", version=1)
+  assert export.export_runner(trainer, str(root / "models"), "tiny").endswith(
       os.path.join("tiny", "2"))
-  assert export.export_trainer(trainer, str(root / "models"), "tiny",
+  assert export.export_runner(trainer, str(root / "models"), "tiny",
                                version=1, overwrite=True).endswith("1")
   leftovers = [n for n in os.listdir(root / "models" / "tiny")
                if n.startswith(".partial")]
@@ -53,7 +53,7 @@ def test_export_layout_and_version_refusal(trained):
 
 def test_fresh_process_matches_the_model_at_two_batch_sizes(trained, tmp_path):
   trainer, path, _ = trained
-  images = trainer.data.test[0][:7]
+  images = trainer.data.test.images[:7]
   np.save(tmp_path / "images.npy", images)
   script = (
       "import sys, numpy as np, tensorflow as tf\n"
@@ -87,7 +87,7 @@ def test_saved_model_cli_show_and_run(trained, tmp_path):
   for name in ("inputs['images']", "outputs['probabilities']",
                "outputs['classes']", "DT_UINT8"):
     assert name in show.stdout
-  images = trainer.data.test[0][:5]
+  images = trainer.data.test.images[:5]
   np.save(tmp_path / "images.npy", images)
   run = subprocess.run(
       [SAVED_MODEL_CLI, "run", "--dir", path, "--tag_set", "serve",
@@ -129,7 +129,7 @@ def test_export_cli_from_a_workdir_and_its_errors(trained, tmp_path):
   # Rebuilt from the workdir's checkpoint, it serves what the model predicts.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   trainer = trained[0]
-  images = trainer.data.test[0][:6]
+  images = trainer.data.test.images[:6]
   served = tf.saved_model.load(str(tmp_path / "tiny" / "3")).signatures[
       "serving_default"](images=tf.constant(images))
   probabilities, _ = _model_outputs(trainer, images)
@@ -179,5 +179,5 @@ def test_served_action_frames_are_preprocessed_as_training_reads_them(
 def test_an_action_run_describes_frame_preprocessing():
   import ml_collections  # pylint: disable=g-import-not-at-top
   assert export.preprocessing_of(
-      ml_collections.ConfigDict(dict(actions={}))) == "frames"
+      ml_collections.ConfigDict(dict(experiment="actions"))) == "frames"
   assert export.preprocessing_of(tiny_config()) == "digits"

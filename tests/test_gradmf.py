@@ -200,10 +200,10 @@ def test_gradmix_gram_statistics_feed_gradmf():
 
 
 def test_trainer_runs_gradmf(tmp_path):
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   config = tiny_config(method="gradmf")
   config.gradmf.steps = 2
-  metrics = Trainer(config, tiny_data(), str(tmp_path)).run()
+  metrics = build_runner(config, tiny_data(), str(tmp_path)).run()
   assert metrics["method"] == "gradmf"
   assert metrics["steps"] == config.steps
   assert 0.0 <= metrics["test_accuracy"] <= 1.0

@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from conftest import tiny_holistic_config, tiny_holistic_data
 from gradmix_tf import holistic
+from gradmix_tf import methods
 from gradmix_tf.errors import ConfigError
-from gradmix_tf.holistic import HolisticTrainer
+from gradmix_tf.runner import Runner, build_runner
 
 
 _config = tiny_holistic_config
@@ -99,9 +100,9 @@ def test_holistic_accuracies_by_hand():
                  "seen_restricted": 1.0, "unseen_restricted": 1.0}
 
 
-@pytest.mark.parametrize("method", holistic.METHODS)
+@pytest.mark.parametrize("method", methods.methods_for("holistic"))
 def test_every_method_runs(tmp_path, method):
-  metrics = HolisticTrainer(_config(method=method), _data(),
+  metrics = build_runner(_config(method=method), _data(),
                             str(tmp_path)).run()
   assert metrics["method"] == method
   for key in ("overall", "seen", "unseen", "seen_restricted",
@@ -114,7 +115,7 @@ def test_every_method_runs(tmp_path, method):
 
 
 def _run(tmp_path, method, **overrides):
-  trainer = HolisticTrainer(_config(method=method, **overrides), _data(),
+  trainer = build_runner(_config(method=method, **overrides), _data(),
                             str(tmp_path))
   return trainer, trainer.run()
 
@@ -123,13 +124,13 @@ def test_source_model_is_kept_and_frozen_classifier_keeps_the_head(tmp_path):
   source, _ = _run(tmp_path / "source", "source_only")
   frozen, _ = _run(tmp_path / "frozen", "frozen_classifier")
   # Same seed, same pre-training: the teacher is the source model.
-  for a, b in zip(source.model.weights, frozen.teacher.weights):
+  for a, b in zip(source.model.weights, frozen.task.teacher.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
   head = frozen.model.head_0.kernel.numpy()
-  np.testing.assert_array_equal(head, frozen.teacher.head_0.kernel.numpy())
+  np.testing.assert_array_equal(head, frozen.task.teacher.head_0.kernel.numpy())
   trunk = frozen.model.trunk.trainable_variables[0].numpy()
   assert not np.allclose(trunk,
-                         frozen.teacher.trunk.trainable_variables[0].numpy())
+                         frozen.task.teacher.trunk.trainable_variables[0].numpy())
 
 
 def test_calibrated_is_fine_tune_plus_the_chosen_shift(tmp_path):
@@ -161,28 +162,28 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, where,
   # Checkpoints every 5 steps: 4 pre-training steps, the auxiliary
   # fine-tuning ends at step 10, the main one at 16.
   config = _config(method="calibrated", checkpoint_every=5)
-  whole = HolisticTrainer(config, _data(), str(tmp_path / "whole"))
+  whole = build_runner(config, _data(), str(tmp_path / "whole"))
   whole_metrics = whole.run()
   workdir = str(tmp_path / "resumed")
   if where == "adaptation_step":
     # Killed at step 7, in the auxiliary fine-tuning (last checkpoint: 5).
-    original = HolisticTrainer._check_health
+    original = Runner._check_health
 
     def check(self, phase, stats, step):
       if step == 7:
         raise _Interrupted()
       original(self, phase, stats, step)
-    monkeypatch.setattr(HolisticTrainer, "_check_health", check)
+    monkeypatch.setattr(Runner, "_check_health", check)
   else:
     # Killed while calibrating: the checkpoint at the phase's last step
     # (10) is written, the shift and the reset are not.
     def calibrate(self):
       raise _Interrupted()
-    monkeypatch.setattr(HolisticTrainer, "_calibrate", calibrate)
+    monkeypatch.setattr(holistic.HolisticTask, "_calibrate", calibrate)
   with pytest.raises(_Interrupted):
-    HolisticTrainer(config, _data(), workdir).run()
+    build_runner(config, _data(), workdir).run()
   monkeypatch.undo()
-  resumed = HolisticTrainer(config, _data(), workdir)
+  resumed = build_runner(config, _data(), workdir)
   metrics = resumed.run()
   assert metrics["resumed_from_step"] == (5 if where == "adaptation_step"
                                           else 10)
@@ -196,17 +197,17 @@ def test_bad_holistic_settings_are_config_errors(tmp_path):
   with pytest.raises(ConfigError, match="pseudo_unseen"):
     config = _config(method="calibrated")
     config.holistic.pseudo_unseen = 3
-    HolisticTrainer(config, _data(), str(tmp_path))
+    build_runner(config, _data(), str(tmp_path))
   with pytest.raises(ConfigError, match="unknown method"):
-    HolisticTrainer(_config(method="gradmix"), _data(), str(tmp_path))
+    build_runner(_config(method="gradmix"), _data(), str(tmp_path))
 
 
 def test_pretraining_augmentation_is_a_per_channel_affine_map(tmp_path):
   config = _config(method="source_only")
   config.holistic.pretrain_augment = True
-  trainer = HolisticTrainer(config, _data(), str(tmp_path))
+  trainer = build_runner(config, _data(), str(tmp_path))
   images = _data().sources[0].x[:6]
-  out = trainer._augment_source(tf.constant(images)).numpy()  # pylint: disable=protected-access
+  out = trainer.task.augment_source(tf.constant(images)).numpy()
   assert out.min() >= 0.0 and out.max() <= 255.0 + 1e-3
   flips = []
   for image, augmented in zip(images.astype(np.float64), out):
@@ -218,14 +219,14 @@ def test_pretraining_augmentation_is_a_per_channel_affine_map(tmp_path):
     flips.append(slope < 0)
   assert any(flips) and not all(flips)   # some inverted, some not
   config.holistic.pretrain_augment = False
-  plain = HolisticTrainer(config, _data(), str(tmp_path / "plain"))
+  plain = build_runner(config, _data(), str(tmp_path / "plain"))
   np.testing.assert_array_equal(
-      plain._augment_source(tf.constant(images)).numpy(), images)  # pylint: disable=protected-access
+      plain.task.augment_source(tf.constant(images)).numpy(), images)
 
 
 def test_gradmix_distill_mixes_two_named_gradients(tmp_path):
   trainer, metrics = _run(tmp_path, "gradmix_distill")
-  optimizer = trainer.phases[1]["optimizer"]
+  optimizer = trainer.phases[1].optimizer
   assert optimizer.mixed_layer_names[-1].endswith("head_0")
   assert len(optimizer.mixed_layer_names) == 6    # 5 trunk layers + head
   assert metrics["skipped_steps"] == 0

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
 from gradmix_tf import mdda
+from gradmix_tf.runner import build_runner
 
 # x = (1, 2, 3, 4), one channel; weights over two domains.
 _X = tf.constant([[1.0], [2.0], [3.0], [4.0]])
@@ -66,7 +67,7 @@ def test_domain_discovery_loss_by_hand():
 
 def test_trainer_runs_mdda(tmp_path):
   config = tiny_config(method="mdda")
-  trainer = mdda.MDDATrainer(config, tiny_data(), str(tmp_path))
+  trainer = build_runner(config, tiny_data(), str(tmp_path))
   target_stats = trainer.model.norms[0].moving_mean.numpy()[-1].copy()
   metrics = trainer.run()
   assert metrics["method"] == "mdda"

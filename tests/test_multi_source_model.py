@@ -13,7 +13,9 @@ from conftest import tiny_config, tiny_data
 import gradmix_tf
 from gradmix_tf.models import AllHeads
 from gradmix_tf.multi_source_model import as_fit_element
-from gradmix_tf.trainer import Trainer, batch_indices, make_gradmix
+from gradmix_tf.runner import build_runner
+from gradmix_tf.batches import batch_indices
+from gradmix_tf.multi_source_task import make_gradmix
 
 
 def _loss():
@@ -31,7 +33,8 @@ def _fit_elements(data, batches):
   names = [s.name for s in data.sources]
   elements = [{**{n: (s.x[i], s.y[i]) for n, s, i in
                   zip(names, data.sources, step)},
-               "validation": data.v} for step in batches]
+               "validation": (data.v.images, data.v.labels)}
+              for step in batches]
   return tf.data.Dataset.from_tensor_slices(
       {key: tuple(np.stack([e[key][j] for e in elements]) for j in (0, 1))
        for key in elements[0]}).map(as_fit_element)
@@ -45,11 +48,11 @@ def test_fit_takes_the_runners_gradmix_step(tmp_path, norm):
   config = tiny_config(method="gradmix", steps=3)
   config.model.norm = norm
   data = tiny_data()
-  runner = Trainer(config, data, str(tmp_path / "runner"))
-  twin = Trainer(config, data, str(tmp_path / "twin"))    # the same init
+  runner = build_runner(config, data, str(tmp_path / "runner"))
+  twin = build_runner(config, data, str(tmp_path / "twin"))    # the same init
   batches = _batches(data, config, 3)
   for step in batches:
-    runner.phases[0]["fn"](tuple(tf.constant(i) for i in step))
+    runner.step_functions[0](tuple(tf.constant(i) for i in step))
   model = gradmix_tf.MultiSourceModel(
       AllHeads(twin.model), {s.name: s.head for s in data.sources},
       validation_output=data.target_head, log_mix_weights=True)

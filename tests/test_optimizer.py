@@ -8,7 +8,7 @@ import tensorflow as tf
 from gradmix_tf import solvers
 from gradmix_tf.config_lib import base_config
 from gradmix_tf.optimizer import GradMix
-from gradmix_tf.trainer import make_main_sgd
+from gradmix_tf.sgd import make_main_sgd
 
 
 def _variables():

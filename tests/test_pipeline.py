@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config, tiny_data, workdir_locked_by_another_process
 from gradmix_tf import pipeline
 from gradmix_tf.errors import ConfigError, DataError
-from gradmix_tf.trainer import Trainer
+from gradmix_tf.runner import Runner, build_runner
 
 
 def _config(method, **overrides):
@@ -29,16 +29,16 @@ def test_stage2_data_hard_and_soft():
   soft = np.full((10, 3), 1 / 3, np.float32)
   hard = pipeline.stage2_data(data, hard_index, hard_label, soft, False, 4, 0)
   # V: +2 of class 0 (of 3), +1 of class 1, +2 of class 2 -> 4, 3, 4.
-  assert np.bincount(hard.v[1]).tolist() == [4, 3, 4]
+  assert np.bincount(hard.v.labels).tolist() == [4, 3, 4]
   pseudo = hard.sources[-1]
   assert pseudo.name == "pseudo_labels" and pseudo.head == data.target_head
   np.testing.assert_array_equal(pseudo.y, hard_label)
-  np.testing.assert_array_equal(pseudo.x, data.u[0][hard_index])
+  np.testing.assert_array_equal(pseudo.x, data.u.images[hard_index])
   soft_data = pipeline.stage2_data(data, hard_index, hard_label, soft, True,
                                    4, 0)
   assert soft_data.sources[-1].y.shape == (10, 3)
   assert soft_data.sources[-1].y.dtype == np.float32
-  np.testing.assert_array_equal(soft_data.v[1], hard.v[1])
+  np.testing.assert_array_equal(soft_data.v.labels, hard.v.labels)
   with pytest.raises(DataError, match="hard pseudo-label"):
     pipeline.stage2_data(data, np.zeros(0, np.int64), np.zeros(0, np.int64),
                          soft, False, 4, 0)
@@ -53,8 +53,8 @@ def test_soft_labels_train_with_kl(tmp_path, direction):
                                True, 2, 0)
   config = tiny_config(method="gradmix", steps=2)
   config.pseudo_label.soft_loss = direction
-  trainer = Trainer(config, data2, str(tmp_path))
-  assert trainer._soft_loss_direction == direction  # pylint: disable=protected-access
+  trainer = build_runner(config, data2, str(tmp_path))
+  assert trainer.data.sources[-1].loss == "soft_label"
   metrics = trainer.run()
   assert metrics["num_examples"]["pseudo_labels"] == 10
 
@@ -93,26 +93,26 @@ def test_pipeline_resumes_in_stage2(tmp_path, monkeypatch):
   config = _config("gradmix_hard_label")
   whole = pipeline.run_pseudo_label_pipeline(config, tiny_data(),
                                              str(tmp_path / "whole"))
-  original = Trainer._check_health
+  original = Runner._check_health
 
   def check(self, phase, stats, step):
     if self.workdir.endswith("stage2") and step == 4:
       raise _Interrupted()
     original(self, phase, stats, step)
 
-  monkeypatch.setattr(Trainer, "_check_health", check)
+  monkeypatch.setattr(Runner, "_check_health", check)
   with pytest.raises(_Interrupted):
     pipeline.run_pseudo_label_pipeline(config, tiny_data(),
                                        str(tmp_path / "resumed"))
   monkeypatch.undo()
   runs = []
-  original_run = Trainer.run
+  original_run = Runner.run
 
   def counting_run(self):
     runs.append(self.workdir)
     return original_run(self)
 
-  monkeypatch.setattr(Trainer, "run", counting_run)
+  monkeypatch.setattr(Runner, "run", counting_run)
   resumed = pipeline.run_pseudo_label_pipeline(config, tiny_data(),
                                                str(tmp_path / "resumed"))
   # Only stage 2 ran again, from its checkpoint at step 3.
@@ -129,13 +129,13 @@ def test_pipelines_share_a_stage1_directory(tmp_path, monkeypatch):
   pipeline.run_pseudo_label_pipeline(hard, tiny_data(),
                                      str(tmp_path / "hard"))
   runs = []
-  original_run = Trainer.run
+  original_run = Runner.run
 
   def counting_run(self):
     runs.append(self.workdir)
     return original_run(self)
 
-  monkeypatch.setattr(Trainer, "run", counting_run)
+  monkeypatch.setattr(Runner, "run", counting_run)
   # Soft labels from one member (R = 1): only stage 2 trains.
   soft = _config("gradmix_soft_label")
   soft.pseudo_label.stage1_dir = shared

@@ -287,6 +287,7 @@ def test_choice_lists_agree_with_the_modules_that_read_them():
 def test_importing_the_config_layer_loads_no_tensorflow():
   code = ("import sys\n"
           "import gradmix_tf, gradmix_tf.config_lib, gradmix_tf.launch\n"
+          "import gradmix_tf.methods\n"
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                           capture_output=True, text=True, env=ENV,
@@ -333,10 +334,10 @@ def test_a_stopped_run_exits_3_and_records_why(shared_data, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   """A finished tiny run with checkpoints at steps 3 and 6."""
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("trained")
   config = tiny_config(steps=6, checkpoint_every=3)
-  trainer = Trainer(config, tiny_data(), str(root / "run"))
+  trainer = build_runner(config, tiny_data(), str(root / "run"))
   metrics = trainer.run()
   weights = [w.numpy() for w in trainer.model.weights]
   return root / "run", config, metrics, weights
@@ -358,13 +359,13 @@ def _damage(prefix, suffix, how):
 @pytest.mark.parametrize("how", ["truncate", "empty", "delete"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
     trained_run, tmp_path, suffix, how, caplog):
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   run, config, metrics, weights = trained_run
   copy = tmp_path / "run"
   shutil.copytree(run, copy)
   (copy / "metrics.json").unlink()
   _damage(copy / "checkpoints" / "ckpt-6", suffix, how)
-  trainer = Trainer(config, tiny_data(), str(copy))
+  trainer = build_runner(config, tiny_data(), str(copy))
   with caplog.at_level("WARNING"):
     resumed = trainer.run()
   assert resumed["resumed_from_step"] == 3
@@ -380,7 +381,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
 
 def test_no_intact_checkpoint_is_refused_in_one_line(trained_run, tmp_path):
   from gradmix_tf.errors import DataError  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   run, config, _, _ = trained_run
   copy = tmp_path / "run"
   shutil.copytree(run, copy)
@@ -390,7 +391,7 @@ def test_no_intact_checkpoint_is_refused_in_one_line(trained_run, tmp_path):
   # A DataError is a UserError: the launcher prints it as one line, exit 2.
   with pytest.raises(DataError, match=r"no checkpoint in .* restores \(2 "
                      r"tried; the newest, ckpt-6: .*\); delete"):
-    Trainer(config, tiny_data(), str(copy)).run()
+    build_runner(config, tiny_data(), str(copy)).run()
 
 
 # -- Export -------------------------------------------------------------------
@@ -454,8 +455,8 @@ def test_export_refuses_non_finite_weights_and_an_older_checkpoint(
   # A NaN weight in the newest checkpoint.
   nan_run = tmp_path / "nan"
   shutil.copytree(run, nan_run)
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
-  trainer = Trainer(trained_run[1], tiny_data(), str(nan_run))
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
+  trainer = build_runner(trained_run[1], tiny_data(), str(nan_run))
   checkpoint = trainer.checkpoint
   checkpoint.restore(str(nan_run / "checkpoints" / "ckpt-6"))
   kernel = trainer.model.trunk.trainable_variables[0]
@@ -466,7 +467,7 @@ def test_export_refuses_non_finite_weights_and_an_older_checkpoint(
   # The launcher's export after training checks the same.
   from gradmix_tf import export  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="non-finite weights"):
-    export.export_trainer(trainer, str(tmp_path / "models"), "tiny")
+    export.export_runner(trainer, str(tmp_path / "models"), "tiny")
 
 
 def test_export_versions_and_paths_are_checked(trained_run, tmp_path):
@@ -647,10 +648,10 @@ def _poison(model, head):
 
 
 def _holistic_trainer(method, config_overrides, tmp_path, local_lr=0.05):
-  from gradmix_tf.holistic import HolisticTrainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   config = tiny_holistic_config(method=method, **config_overrides)
   config.holistic.local_lr = local_lr
-  return HolisticTrainer(config, tiny_holistic_data(), str(tmp_path))
+  return build_runner(config, tiny_holistic_data(), str(tmp_path))
 
 
 # (method, how the run goes non-finite, the step it stops at, the culprit).
@@ -683,7 +684,7 @@ NON_FINITE_CASES = [
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
     tmp_path, method, how, stop_step, culprit):
   from gradmix_tf.errors import TrainingError  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   overrides = dict(max_consecutive_skips=3, steps=6)
   if isinstance(how, dict):
     overrides.update(how)
@@ -691,11 +692,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
     trainer = _holistic_trainer(method.split()[1], overrides, tmp_path,
                                 local_lr=1e30 if how == "lolsgd" else 0.05)
   else:
-    from gradmix_tf import dctn, mdda, mme  # pylint: disable=g-import-not-at-top
-    trainer_class = {"mme": mme.MMETrainer, "mdda": mdda.MDDATrainer,
-                     "dctn": dctn.DCTNTrainer}.get(method, Trainer)
-    trainer = trainer_class(tiny_config(method=method, **overrides),
-                            tiny_data(), str(tmp_path))
+    trainer = build_runner(tiny_config(method=method, **overrides),
+                           tiny_data(), str(tmp_path))
   if how == "poison":
     kernel = _poison(trainer.model, trainer.data.target_head)
     before = [w.numpy().copy() for w in trainer.model.trainable_weights
@@ -715,6 +713,6 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
              if w is not kernel]
     for a, b in zip(before, after):
       np.testing.assert_array_equal(a, b)
-    assert all(int(p["optimizer"].iterations.numpy()) == 0
+    assert all(int(p.optimizer.iterations.numpy()) == 0
                for p in trainer.phases)
     assert trainer._skipped_steps() == 3  # pylint: disable=protected-access

@@ -124,16 +124,17 @@ def test_mixmatch_loss_scales_with_its_weight():
 @pytest.mark.parametrize("method", ["gradmix_vat", "gradmix_mixmatch"])
 def test_unlabelled_loss_is_one_more_mixed_source(tmp_path, method):
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.trainer import Trainer, batch_indices  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   config = tiny_config(method=method)
   config.mixmatch.rampup_steps = 1
-  trainer = Trainer(config, tiny_data(), str(tmp_path))
+  trainer = build_runner(config, tiny_data(), str(tmp_path))
   phase = trainer.phases[0]
-  assert phase["source_names"] == ["s1", "s2", method.split("_")[1]]
-  sizes = phase["index_sizes"]
+  assert phase.source_names == ("s1", "s2", method.split("_")[1])
+  sizes = phase.index_sizes
   trainer.step.assign(1)
-  stats = phase["fn"](tuple(tf.constant(batch_indices(n, 8, [0, i], 0, 1)[0])
-                            for i, n in enumerate(sizes)))
+  stats = trainer.step_functions[0](tuple(tf.constant(batch_indices(n, 8, [0, i], 0, 1)[0])
+                                       for i, n in enumerate(sizes)))
   # The trunk's layers are mixed over three sources; the unlabelled loss
   # reaches them and has a gradient there.
   assert stats["weights"].shape[-1] == 3

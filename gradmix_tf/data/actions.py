@@ -23,7 +23,7 @@ Expected layout (each directory can be set on its own in the config):
 
 Frames. A V clip keeps `train_frames_per_clip` evenly spaced frames (the
 centres of equal segments); each step uses `frames_per_step` of them per
-clip, drawn at random (`Trainer`). H and U keep one middle frame per clip.
+clip, drawn at random (`MultiSourceTask.validation_images`). H and U keep one middle frame per clip.
 A test clip keeps `test_frames_per_clip` evenly spaced frames; per-video
 accuracy averages their softmax (`gradmix_tf.evaluation`). The paper
 averages *all* frames of a video; 5 keeps the test set in memory (raise it
@@ -42,7 +42,7 @@ import numpy as np
 import scipy.io
 import tensorflow as tf
 
-from gradmix_tf.data.experiment import ExperimentData, SourceData
+from gradmix_tf.data.experiment import ExperimentData, LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
 
 SPLIT_DIR = "ucfTrainTestlist"
@@ -278,9 +278,10 @@ def build_action_experiment(config, seed, k):
       sources=tuple(sources),
       head_classes=(tuple(mpii_classes), tuple(class_names)),
       target_head=1,
-      v=(v_x, v_y.astype(np.int64)), h=(h_x, h_y.astype(np.int64)),
-      u=(u_x, u_y.astype(np.int64)), test=(t_x, t_y.astype(np.int64)),
-      v_groups=v_groups, test_groups=t_groups)
+      v=LabelledSet(v_x, v_y.astype(np.int64), v_groups),
+      h=LabelledSet(h_x, h_y.astype(np.int64)),
+      u=LabelledSet(u_x, u_y.astype(np.int64)),
+      test=LabelledSet(t_x, t_y.astype(np.int64), t_groups))
 
 
 def _with_fixture_root(actions, cache_dir):

@@ -27,27 +27,61 @@ from gradmix_tf.data import digits
 from gradmix_tf.errors import ConfigError, DataError
 
 
+# The losses a source can take (`SourceData.loss`).
+CROSS_ENTROPY = "cross_entropy"    # integer labels `[N]`
+SOFT_LABEL = "soft_label"          # label distributions `[N, C]` (section 3.5)
+SOURCE_LOSSES = (CROSS_ENTROPY, SOFT_LABEL)
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceData:
+  """One labelled source: images, labels, the head it trains, its loss."""
   name: str
   x: np.ndarray
   y: np.ndarray
   head: int
+  loss: str = CROSS_ENTROPY
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSet:
+  """Images with their labels (U's are hidden: kept to report, never to
+  train), and for video frames the clip of each frame (`groups`, frames of
+  a clip adjacent; None for still images)."""
+  images: np.ndarray
+  labels: np.ndarray
+  groups: np.ndarray = None
+
+  def __len__(self):
+    return int(len(self.labels))
+
+
+def labelled_set(split):
+  """`split` as a `LabelledSet` (it may be an `(images, labels)` pair)."""
+  if isinstance(split, LabelledSet):
+    return split
+  images, labels = split
+  return LabelledSet(images, labels)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentData:
-  """Everything a run trains and evaluates on (uint8 images, int64 labels)."""
+  """Everything a run trains and evaluates on (uint8 images, int64 labels).
+
+  `v`, `h`, `u` and `test` are `LabelledSet`s (an `(images, labels)` pair
+  given here is turned into one).
+  """
   sources: tuple
   head_classes: tuple     # per head: the original class ids, in label order
   target_head: int
-  v: tuple
-  h: tuple
-  u: tuple                # (x, hidden labels)
-  test: tuple
-  # Video data: the clip of each V / test image (None: still images).
-  v_groups: np.ndarray = None
-  test_groups: np.ndarray = None
+  v: LabelledSet
+  h: LabelledSet
+  u: LabelledSet          # labels hidden
+  test: LabelledSet
+
+  def __post_init__(self):
+    for name in ("v", "h", "u", "test"):
+      object.__setattr__(self, name, labelled_set(getattr(self, name)))
 
   @property
   def num_classes_per_head(self):

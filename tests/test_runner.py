@@ -1,4 +1,4 @@
-"""The trainer on a tiny synthetic experiment: resume, methods, health."""
+"""The runner on a tiny synthetic experiment: resume, methods, health."""
 
 import json
 import os
@@ -10,8 +10,10 @@ from conftest import tiny_config as _config
 from conftest import tiny_data as _data
 from gradmix_tf import config_lib
 from gradmix_tf.errors import ConfigError, TrainingError
-from gradmix_tf.trainer import METHODS, Trainer, batch_indices
-from gradmix_tf.trainer import main_learning_rate
+from gradmix_tf import methods as method_registry
+from gradmix_tf.runner import build_runner
+from gradmix_tf.batches import batch_indices
+from gradmix_tf.sgd import main_learning_rate
 
 
 def test_batch_indices_are_epoch_permutations_and_resume_consistently():
@@ -46,7 +48,7 @@ def test_a_warmup_longer_than_the_run_barely_moves_the_weights(tmp_path):
   # weights stay where they started, where without warm-up they move.
   moved = {}
   for warmup in (0, 10**9):
-    trainer = Trainer(_config(method="gradmix", lr_warmup_steps=warmup),
+    trainer = build_runner(_config(method="gradmix", lr_warmup_steps=warmup),
                       _data(), str(tmp_path / str(warmup)))
     start = [w.numpy().copy() for w in trainer.model.trainable_weights]
     trainer.run()
@@ -68,16 +70,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method, warmup):
   # warmup 5 spans the interruption: the resumed steps must continue the
   # ramp from the restored step count.
   data = _data()
-  whole = Trainer(_config(method=method, lr_warmup_steps=warmup), data,
+  whole = build_runner(_config(method=method, lr_warmup_steps=warmup), data,
                   str(tmp_path / "whole"))
   whole.run()
   # "Interrupted" after 4 steps: a run whose last checkpoint is step 4 ...
-  first = Trainer(_config(method=method, steps=4, finetune_steps=0,
+  first = build_runner(_config(method=method, steps=4, finetune_steps=0,
                           lr_warmup_steps=warmup), data,
                   str(tmp_path / "resumed"))
   first_metrics = first.run()
   # ... then the full run in the same workdir picks up from step 4.
-  resumed = Trainer(_config(method=method, lr_warmup_steps=warmup), data,
+  resumed = build_runner(_config(method=method, lr_warmup_steps=warmup), data,
                     str(tmp_path / "resumed"))
   metrics = resumed.run()
   assert metrics["resumed_from_step"] == 4
@@ -91,10 +93,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method, warmup):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS)
+MULTI_SOURCE_METHODS = [m.name for m in method_registry.REGISTRY
+                        if m.task.endswith(":MultiSourceTask")]
+
+
+@pytest.mark.parametrize("method", MULTI_SOURCE_METHODS)
 def test_every_method_trains_and_writes_metrics(tmp_path, method):
-  metrics = Trainer(_config(method=method, steps=4), _data(),
-                    str(tmp_path)).run()
+  metrics = build_runner(_config(method=method, steps=4), _data(),
+                         str(tmp_path)).run()
   with open(tmp_path / "metrics.json") as f:
     on_disk = json.load(f)
   assert on_disk == metrics
@@ -116,7 +122,7 @@ def test_every_method_trains_and_writes_metrics(tmp_path, method):
 
 def test_gradmix_writes_per_layer_weights_to_tensorboard(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  Trainer(_config(steps=2), _data(), str(tmp_path)).run()
+  build_runner(_config(steps=2), _data(), str(tmp_path)).run()
   events = event_accumulator.EventAccumulator(str(tmp_path / "tb"),
                                               size_guidance={"tensors": 0})
   events.Reload()
@@ -130,12 +136,12 @@ def test_gradmix_writes_per_layer_weights_to_tensorboard(tmp_path):
 def test_repeated_non_finite_steps_stop_training(tmp_path):
   config = _config(lr=1e30, max_consecutive_skips=2, steps=20)
   with pytest.raises(TrainingError, match="consecutive steps"):
-    Trainer(config, _data(), str(tmp_path)).run()
+    build_runner(config, _data(), str(tmp_path)).run()
   assert not os.path.exists(tmp_path / "metrics.json")
 
 
 def test_jit_compiled_gradmix_step_matches_the_graph_step(tmp_path):
-  runs = [Trainer(_config(steps=3, jit_compile=jit), _data(),
+  runs = [build_runner(_config(steps=3, jit_compile=jit), _data(),
                   str(tmp_path / str(jit))) for jit in (False, True)]
   for trainer in runs:
     trainer.run()
@@ -144,17 +150,17 @@ def test_jit_compiled_gradmix_step_matches_the_graph_step(tmp_path):
 
 
 def test_best_hyperval_weights_are_the_ones_evaluated(tmp_path):
-  trainer = Trainer(_config(steps=6), _data(), str(tmp_path))
+  trainer = build_runner(_config(steps=6), _data(), str(tmp_path))
   metrics = trainer.run()
-  final_test = trainer.evaluate(*trainer.data.test)[1]
+  final_test = trainer.evaluate(trainer.data.test)[1]
   assert final_test == metrics["test_accuracy"]  # final weights are back
   # Restoring best/ by hand gives the reported best-H accuracies.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.train.Checkpoint(model=trainer.model).restore(
       tf.train.latest_checkpoint(str(tmp_path / "best"))).expect_partial()
-  assert trainer.evaluate(*trainer.data.h)[1] == metrics[
+  assert trainer.evaluate(trainer.data.h)[1] == metrics[
       "best_hyperval_accuracy"]
-  assert trainer.evaluate(*trainer.data.test)[1] == metrics[
+  assert trainer.evaluate(trainer.data.test)[1] == metrics[
       "test_accuracy_at_best_hyperval"]
 
 
@@ -164,7 +170,7 @@ def _head_step(tmp_path, train_head, epsilon):
   config.vat.train_head = train_head
   config.vat.epsilon = epsilon
   data = _data()
-  trainer = Trainer(config, data, str(tmp_path / f"{train_head}_{epsilon}"))
+  trainer = build_runner(config, data, str(tmp_path / f"{train_head}_{epsilon}"))
   head = trainer.model.heads[data.target_head].trainable_variables
   before = np.concatenate([v.numpy().ravel() for v in head])
   trainer.run()
@@ -199,7 +205,7 @@ def _first_gradmix_step(tmp_path, method, **overrides):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = _config(method=method, steps=1, **overrides)
   data = _data()
-  trainer = Trainer(config, data, str(tmp_path))
+  trainer = build_runner(config, data, str(tmp_path))
   model = trainer.model
   layers = [l for l in model.trunk.layers if l.trainable_variables]
 
@@ -221,10 +227,10 @@ def _first_gradmix_step(tmp_path, method, **overrides):
   source_grads = [layer_grads(lambda s=s, i=i: mean_cross_entropy(
       s.x[i], s.y[i], s.head)) for s, i in zip(data.sources, indices)]
   v_grads = layer_grads(lambda: mean_cross_entropy(
-      data.v[0], data.v[1], data.target_head))
+      data.v.images, data.v.labels, data.target_head))
   before = [np.concatenate([v.numpy().ravel() for v in l.trainable_variables])
             for l in layers]
-  stats = trainer.phases[0]["fn"](tuple(tf.constant(i) for i in indices))
+  stats = trainer.step_functions[0](tuple(tf.constant(i) for i in indices))
   return stats, source_grads, v_grads, layers, before, trainer
 
 
@@ -301,8 +307,8 @@ def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path,
   else:
     config.model.norm = "batch"
   data = _data()
-  trainer = Trainer(config, data, str(tmp_path / "gradmix"))
-  twin = Trainer(config, data, str(tmp_path / "twin"))   # the same init
+  trainer = build_runner(config, data, str(tmp_path / "gradmix"))
+  twin = build_runner(config, data, str(tmp_path / "twin"))   # the same init
 
   def statistics(model):
     return [v.numpy().copy() for v in model.non_trainable_variables]
@@ -312,7 +318,7 @@ def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path,
     np.testing.assert_array_equal(a, b)
   indices = [batch_indices(len(s.y), config.batch_size, [config.seed, i],
                            0, 1)[0] for i, s in enumerate(data.sources)]
-  trainer.phases[0]["fn"](tuple(tf.constant(i) for i in indices))
+  trainer.step_functions[0](tuple(tf.constant(i) for i in indices))
   # The twin sees the two source batches only, in the step's order.
   for source, index in zip(data.sources, indices):
     twin.model(tf.constant(source.x[index]), head=source.head, training=True)
@@ -320,6 +326,6 @@ def test_v_steers_gradmix_but_does_not_move_batch_norm_statistics(tmp_path,
   for a, b in zip(after_step, statistics(twin.model)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # V's pass would have moved them (so the check above can fail).
-  twin.model(tf.constant(data.v[0]), head=data.target_head, training=True)
+  twin.model(tf.constant(data.v.images), head=data.target_head, training=True)
   assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6)
              for a, b in zip(after_step, statistics(twin.model)))

@@ -1,0 +1,442 @@
+"""The runner: strategy, compiled steps, checkpoints and the loop, for every
+task alike.
+
+`Runner(task, workdir, strategy)` builds the task inside the strategy's
+scope (`gradmix_tf.task` gives the order of its hooks), wraps each phase's
+per-replica step in `strategy.run` and a `tf.function`, and `run()`
+trains: batch indices from `batches.batch_indices`, checkpoints
+(`tf.train.CheckpointManager`; a rerun resumes exactly), TensorBoard
+summaries, the health check (non-finite steps), the hyper-validation set
+`H` every `eval_every` steps (paper Fig. 3) with the best-`H` weights kept
+in `best/`, progress, and `metrics.json` at the end: test accuracy of the
+final weights (`test_accuracy`) and of the best-`H` weights
+(`test_accuracy_at_best_hyperval`).
+
+`run_method(config, data, workdir, strategy)` is the one entry point: it
+looks the method up in the registry (`gradmix_tf.methods`), checks what it
+needs, and runs its task (or its pipeline).
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradmix_tf import batches
+from gradmix_tf import checkpoints
+from gradmix_tf import distribute
+from gradmix_tf import finite_steps
+from gradmix_tf import methods
+from gradmix_tf.errors import ConfigError, TrainingError
+from gradmix_tf.evaluation import video_accuracy
+from gradmix_tf.files import write_json_atomically
+from gradmix_tf.optimizer import GradMix
+from gradmix_tf.task import RunSetup
+
+EVAL_BATCH = 500
+
+
+def method_entry(config):
+  """The registry entry of `config.method` in its experiment."""
+  experiment = methods.experiment_of(config)
+  entry = methods.lookup(experiment, config.method)
+  if entry is None:
+    known = methods.methods_for(experiment)
+    raise ConfigError(
+        f"unknown method {config.method!r} for the {experiment} experiment: "
+        f"choose one of {', '.join(known)} (--config.method=...)")
+  return entry
+
+
+def check_data(entry, data):
+  """Refuses data the method cannot train on (U empty for a method on U)."""
+  if entry.needs_unlabelled and not len(data.u):
+    raise ConfigError(f"{entry.name} needs unlabelled target images (U is "
+                      "empty)")
+
+
+def build_runner(config, data, workdir, strategy=None):
+  """The `Runner` of `config.method`'s task (not for pipeline methods)."""
+  entry = method_entry(config)
+  if not entry.task:
+    raise ConfigError(f"method {entry.name} runs several tasks in turn; "
+                      "use run_method")
+  check_data(entry, data)
+  return Runner(entry.load()(config, data), workdir, strategy,
+                multi_replica=entry.multi_replica)
+
+
+def run_method(config, data, workdir, strategy=None):
+  """Trains `config.method` on `data` in `workdir`; returns (metrics, the
+  runner or None for a pipeline)."""
+  entry = method_entry(config)
+  check_data(entry, data)
+  if entry.pipeline:
+    return entry.load()(config, data, workdir, strategy), None
+  runner = build_runner(config, data, workdir, strategy)
+  return runner.run(), runner
+
+
+class Runner:
+  """Trains one task and writes its artifacts.
+
+  Args:
+    task: a `gradmix_tf.task.Task` (not yet built).
+    workdir: where checkpoints, TensorBoard logs and metrics go.
+    strategy: a `tf.distribute.Strategy` (the launcher creates it); default:
+      the current one. `batch_size` is the global batch per source and is
+      split evenly over replicas; V is replicated (every replica computes
+      its loss on all of V).
+    multi_replica: False for a task whose steps are written for one device.
+  """
+
+  def __init__(self, task, workdir, strategy=None, multi_replica=True):
+    config = task.config
+    self.task = task
+    self.config = config
+    self.data = task.data
+    self.workdir = workdir
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.replicas = self.strategy.num_replicas_in_sync
+    if not multi_replica and self.replicas > 1:
+      raise ConfigError(
+          f"method {config.method} runs on one device; use "
+          "--config.distribution=default")
+    global_batch = int(config.batch_size)
+    if global_batch % self.replicas:
+      raise ConfigError(
+          f"batch_size {global_batch} does not split over "
+          f"{self.replicas} replicas; use a multiple of {self.replicas}")
+    self.is_chief = distribute.is_chief(self.strategy)
+    keras.utils.set_random_seed(int(config.seed))
+    with self.strategy.scope():
+      self._build(global_batch)
+
+  def _build(self, global_batch):
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    # Skipped non-finite updates of every step but GradMix's (which counts
+    # its own): `Task.apply_finite`, `_check_health`.
+    self.skips = finite_steps.SkipCounter()
+    self.task.build(RunSetup(
+        workdir=self.workdir, is_chief=self.is_chief,
+        global_batch=global_batch, replicas=self.replicas, step=self.step,
+        skips=self.skips))
+    self.model = self.task.model
+    self.phases = self.task.phases
+    self.total_steps = sum(p.steps for p in self.phases)
+    self.step_functions = tuple(self._compile(p) for p in self.phases)
+    # How many phases have had their `on_end` hook applied (resume-safe).
+    self.phases_finished = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                       name="phases_finished")
+    trackables = {f"optimizer_{i}": p.optimizer
+                  for i, p in enumerate(self.phases)}
+    trackables.update(self.task.trackables())
+    for phase in self.phases:
+      phase.optimizer.build(self.task.variables)
+    # Seconds spent in `run` over every invocation up to the last checkpoint
+    # (a resumed run's `train_seconds` counts its earlier invocations too).
+    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                     name="train_seconds")
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, step=self.step,
+        phases_finished=self.phases_finished,
+        train_seconds=self.train_seconds, skips=self.skips, **trackables)
+    # Every worker saves (saving is collective); only the chief's copy is the
+    # run's, the others keep theirs to resume from.
+    checkpoint_dir = os.path.join(self.workdir, "checkpoints")
+    if not self.is_chief:
+      checkpoint_dir = os.path.join(
+          self.workdir, "workers",
+          f"{self.strategy.cluster_resolver.task_type}_"
+          f"{self.strategy.cluster_resolver.task_id}", "checkpoints")
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, checkpoint_dir, max_to_keep=2)
+    # The weights of the best hyper-validation accuracy so far (model
+    # selection on H, as the paper uses H).
+    self.best_manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=self.model),
+        os.path.join(os.path.dirname(checkpoint_dir), "best"), max_to_keep=1)
+    self.best_hyperval = (0, -1.0)
+    self._predict = tf.function(self.task.prediction)
+
+  def _compile(self, phase):
+    """`phase.replica_step` on every replica, reduced, in a tf.function.
+
+    Outputs in `phase.summed_outputs` are replica shares of a global mean
+    (summed); everything else (V's loss, GradMix's weights, rho, eta) is the
+    same on every replica and taken from the first.
+    """
+    replica_step = phase.replica_step
+    if self.replicas == 1 and not isinstance(
+        self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      fn = replica_step
+    else:
+      def fn(indices):
+        out = self.strategy.run(replica_step, args=(indices,))
+        return {
+            key: (self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
+                                       axis=None)
+                  if key in phase.summed_outputs
+                  else self.strategy.experimental_local_results(value)[0])
+            for key, value in out.items()}
+    return tf.function(fn, jit_compile=bool(self.config.jit_compile))
+
+  # -- Evaluation -------------------------------------------------------------
+
+  def probabilities(self, images):
+    """Target-head softmax of `images`, `[n, classes]`, in batches."""
+    return np.concatenate([
+        self._predict(tf.constant(images[start:start + EVAL_BATCH])).numpy()
+        for start in range(0, len(images), EVAL_BATCH)])
+
+  def evaluate(self, split):
+    """(loss, accuracy) of the target head on a labelled set."""
+    images, labels = split.images, split.labels
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), EVAL_BATCH):
+      probs = self._predict(tf.constant(images[start:start + EVAL_BATCH]))
+      probs = probs.numpy()
+      batch_labels = labels[start:start + EVAL_BATCH]
+      picked = probs[np.arange(len(batch_labels)), batch_labels]
+      total_loss += float(-np.log(np.maximum(picked, 1e-12)).sum())
+      correct += int((probs.argmax(-1) == batch_labels).sum())
+    count = max(len(labels), 1)
+    return total_loss / count, correct / count
+
+  # -- The loop ---------------------------------------------------------------
+
+  def run(self):
+    """Trains (resuming from the last checkpoint) and writes metrics.json."""
+    config, data = self.config, self.data
+    os.makedirs(self.workdir, exist_ok=True)
+    if self.is_chief:
+      from gradmix_tf import export  # pylint: disable=g-import-not-at-top
+      export.write_model_description(self.workdir, config, data)
+    restored = checkpoints.restore_newest_intact(self.checkpoint,
+                                                 self.manager.directory)
+    start = int(self.step.numpy())
+    if restored and start:
+      logging.info("Resumed from %s at step %d.", restored, start)
+    writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+              if self.is_chief else tf.summary.create_noop_writer())
+    curve = self._load_curve() if start else []
+    if curve:
+      best = max(curve, key=lambda point: point[2])
+      self.best_hyperval = (best[0], best[2])
+    started = time.time()
+    self._seconds_at_start = (float(self.train_seconds.numpy()), started)
+    step_seconds = []
+    phase_start = 0
+    for index, phase in enumerate(self.phases):
+      phase_end = phase_start + phase.steps
+      first = max(start, phase_start)
+      if first < phase_end:
+        self._run_phase(index, first, phase_start, phase_end, writer, curve,
+                        step_seconds)
+      if int(self.phases_finished.numpy()) <= index:
+        if phase.on_end is not None:
+          phase.on_end()
+        self.phases_finished.assign(index + 1)
+        self._save(phase_end)
+      phase_start = phase_end
+    self._save(self.total_steps)
+    hyper_loss, hyper_acc = self.evaluate(data.h)
+    test_loss, test_acc = self.evaluate(data.test)
+    best_step, best_hyper_acc, best_test_acc = self._evaluate_best()
+    metrics = {
+        # 2: best-H weights include the heads (version 1 checkpoints of the
+        # model alone lacked them, so its best-H accuracies are invalid).
+        "metrics_version": 2,
+        "config": config.name,
+        "method": config.method,
+        "seed": int(config.seed),
+        "k": int(config.k),
+        "steps": self.total_steps,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "hyperval_accuracy": hyper_acc,
+        "hyperval_loss": hyper_loss,
+        "hyperval_curve": curve,
+        "best_hyperval_step": best_step,
+        "best_hyperval_accuracy": best_hyper_acc,
+        "test_accuracy_at_best_hyperval": best_test_acc,
+        "wall_seconds": time.time() - started,      # this invocation
+        "train_seconds": float(self.train_seconds.numpy()),   # all of them
+        "resumed_from_step": start,
+        "median_step_seconds": (float(np.median(step_seconds))
+                                if step_seconds else None),
+        "skipped_steps": self._skipped_steps(),
+        "num_examples": {
+            **{s.name: int(len(s.y)) for s in data.sources},
+            "v": len(data.v), "h": len(data.h), "u": len(data.u),
+            "test": len(data.test)},
+    }
+    metrics["replicas"] = self.replicas
+    if data.test.groups is not None:
+      metrics["per_frame_accuracy"], metrics["per_video_accuracy"] = (
+          video_accuracy(self.probabilities(data.test.images),
+                         data.test.labels, data.test.groups))
+    metrics.update(self.task.extra_metrics())
+    if self.is_chief:
+      write_json_atomically(os.path.join(self.workdir, "metrics.json"),
+                            metrics)
+    logging.info("%s: test accuracy %.4f, hyper-validation accuracy %.4f "
+                 "(%d steps, %.0f s).", config.method, test_acc, hyper_acc,
+                 self.total_steps, metrics["wall_seconds"])
+    return metrics
+
+  def _run_phase(self, index, first, phase_start, phase_end, writer, curve,
+                 step_seconds):
+    config = self.config
+    phase = self.phases[index]
+    index_streams = [
+        batches.batch_indices(n, int(config.batch_size),
+                              [int(config.seed), i], first - phase_start,
+                              phase_end - phase_start)
+        for i, n in enumerate(phase.index_sizes)]
+    fn = self.step_functions[index]
+    last_log = time.time()
+    last_log_step = first
+    for step in range(first, phase_end):
+      row = step - first
+      indices = tuple(tf.constant(stream[row]) for stream in index_streams)
+      tick = time.perf_counter()
+      stats = fn(indices)
+      done = step + 1
+      self.step.assign(done)
+      self._check_health(phase, stats, done)
+      step_seconds.append(time.perf_counter() - tick)
+      if done % int(config.log_every) == 0 or done == phase_end:
+        self._write_summaries(writer, phase, stats, done)
+        now = time.time()
+        rate = (done - last_log_step) / max(now - last_log, 1e-9)
+        last_log, last_log_step = now, done
+        extra = ""
+        if "eta" in stats:
+          extra = (f" rho {float(stats['rho']):+.3f} "
+                   f"eta {float(stats['eta']):.3f}")
+        loss = float(tf.add_n([v for k, v in stats.items()
+                               if k.startswith("loss/")]))
+        logging.info("[%s] step %d/%d  loss %.4f%s  %.1f steps/s  ETA %.0f s",
+                     config.method, done, self.total_steps, loss, extra, rate,
+                     (self.total_steps - done) / max(rate, 1e-9))
+      if done % int(config.eval_every) == 0:
+        hyper_loss, hyper_acc = self.evaluate(self.data.h)
+        curve.append([done, hyper_loss, hyper_acc])
+        with writer.as_default(step=done):
+          tf.summary.scalar("hyperval/loss", hyper_loss)
+          tf.summary.scalar("hyperval/accuracy", hyper_acc)
+        if hyper_acc > self.best_hyperval[1]:
+          self.best_hyperval = (done, hyper_acc)
+          self.best_manager.save(checkpoint_number=done)
+        if self.is_chief:
+          self._save_curve(curve)
+      if done % int(config.checkpoint_every) == 0:
+        self._save(done)
+    writer.flush()
+
+  def _save(self, step):
+    """Checkpoints at `step`, with the training time so far."""
+    before, started = self._seconds_at_start
+    self.train_seconds.assign(before + time.time() - started)
+    self.manager.save(checkpoint_number=step)
+
+  def _evaluate_best(self):
+    """(step, H accuracy, test accuracy) of the best-H weights, if any."""
+    latest = self.best_manager.latest_checkpoint
+    if latest is None:
+      return None, None, None
+    final = [w.numpy() for w in self.model.weights]
+    self.best_manager.checkpoint.restore(latest).expect_partial()
+    _, test_acc = self.evaluate(self.data.test)
+    self.model.set_weights(final)
+    return self.best_hyperval[0], self.best_hyperval[1], test_acc
+
+  def _check_health(self, phase, stats, step):
+    """Stops the run after too many non-finite steps in a row.
+
+    Every step reports `"applied"`: False when its update was skipped for a
+    non-finite gradient (`Task.apply_finite`, or GradMix's own check). A
+    skip is logged with the step and the culprit; `max_consecutive_skips`
+    skips in a row raise `TrainingError`. A custom step that does not
+    report `"applied"` is stopped at the first non-finite loss.
+    """
+    if "applied" not in stats:
+      culprit = non_finite_loss(stats)
+      if culprit:
+        raise TrainingError(
+            f"{culprit} is not finite at step {step}; lower the learning "
+            "rate or check the data", step=step, reason="non_finite",
+            source=culprit)
+      return
+    if bool(stats["applied"]):
+      return
+    if isinstance(phase.optimizer, GradMix):
+      names = list(phase.source_names) + ["validation (V)"]
+      culprit = f"source {names[int(stats['nonfinite_source'])]}"
+      consecutive = int(phase.optimizer.consecutive_skips.numpy())
+      limit = phase.optimizer.max_consecutive_skips
+    else:
+      culprit = non_finite_loss(stats) or "the gradients of finite losses"
+      consecutive = int(self.skips.consecutive_skips.numpy())
+      limit = int(self.config.max_consecutive_skips)
+    logging.warning("Step %d skipped: non-finite gradient from %s.", step,
+                    culprit)
+    if consecutive >= limit:
+      raise TrainingError(
+          f"{consecutive} consecutive steps up to step {step} had "
+          f"non-finite gradients (last from {culprit}); lower the learning "
+          "rate or check that source's data", step=step, reason="non_finite",
+          source=culprit)
+
+  def _write_summaries(self, writer, phase, stats, step):
+    with writer.as_default(step=step):
+      for name, value in stats.items():
+        if name.startswith(("loss/", "entropy/", "stats/")) or name in (
+            "rho", "eta"):
+          tf.summary.scalar(name, value)
+      if "weights" in stats:
+        names = phase.optimizer.mixed_layer_names
+        weights = stats["weights"].numpy()
+        cosines = stats["cosines"].numpy()
+        for layer_index, layer in enumerate(names):
+          tf.summary.scalar(f"cosine/{layer}", cosines[layer_index])
+          for s, source in enumerate(phase.source_names):
+            tf.summary.scalar(f"weights/{layer}/{source}",
+                              weights[layer_index, s])
+        for s, source in enumerate(phase.source_names):
+          tf.summary.scalar(f"grad_norm/{source}",
+                            float(stats["source_grad_norms"][s]))
+
+  def _skipped_steps(self):
+    return int(self.skips.skipped_steps.numpy()) + sum(
+        int(p.optimizer.skipped_steps.numpy())
+        for p in self.phases if isinstance(p.optimizer, GradMix))
+
+  def _curve_path(self):
+    return os.path.join(self.workdir, "hyperval_curve.json")
+
+  def _save_curve(self, curve):
+    write_json_atomically(self._curve_path(), curve)
+
+  def _load_curve(self):
+    """The curve up to the restored step (later points were not saved)."""
+    if not os.path.isfile(self._curve_path()):
+      return []
+    with open(self._curve_path()) as f:
+      curve = json.load(f)
+    return [point for point in curve if point[0] <= int(self.step.numpy())]
+
+
+def non_finite_loss(stats):
+  """The first `loss/...` entry of `stats` that is not finite, else the
+  first such `stats/...` entry (a method's auxiliary losses), else None."""
+  for prefix in ("loss/", "stats/"):
+    for name, value in stats.items():
+      if name.startswith(prefix) and not np.all(np.isfinite(value)):
+        return name
+  return None
