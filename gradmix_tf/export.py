@@ -48,14 +48,13 @@ import tensorflow as tf
 
 from gradmix_tf import checkpoints
 from gradmix_tf import cli
-from gradmix_tf import methods
 from gradmix_tf import models
 from gradmix_tf.data.actions import resize_frames
 from gradmix_tf import workdir as run_directory
 from gradmix_tf.errors import UserError
-from gradmix_tf.files import replace_directory, write_json_atomically
+from gradmix_tf.model_description import MODEL_FILE, preprocessing_of
+from gradmix_tf.files import replace_directory
 
-MODEL_FILE = "model.json"
 PREPROCESSING = ("digits", "frames")
 # Hidden work directories of an export in progress: `.partial-<v>-<pid>`
 # (being written) and `.old-<v>-<pid>` (a replaced version set aside).
@@ -226,24 +225,6 @@ def export_model(model, target_head, class_ids, input_shape, export_dir,
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return path
-
-
-def write_model_description(workdir, config, data):
-  """What export needs to rebuild the network from a workdir."""
-  description = {
-      "name": config.name,
-      "model": config.model.to_dict(),
-      "input_shape": list(config.input_shape),
-      "head_classes": [list(c) for c in data.head_classes],
-      "target_head": data.target_head,
-      "preprocessing": preprocessing_of(config),
-  }
-  write_json_atomically(os.path.join(workdir, MODEL_FILE), description)
-
-
-def preprocessing_of(config):
-  """`"frames"` for action experiments, else `"digits"`."""
-  return "frames" if methods.experiment_of(config) == "actions" else "digits"
 
 
 def export_runner(runner, export_dir, name, version=None, overwrite=False):

@@ -22,9 +22,8 @@ method                 phases
 =====================  =====================================================
 
 Every source loss is the mean loss of its own mini-batch on its own head:
-cross-entropy, or for a soft-labelled source (`SourceData.loss ==
-"soft_label"`, stage 2 of the pseudo-label pipeline) the KL divergence of
-`pseudo_label.soft_loss`. Each source (and V) runs its own forward pass, so
+cross-entropy, or for a soft-labelled source (stage 2 of the pseudo-label
+pipeline) the KL divergence its `SourceData.loss` names. Each source (and V) runs its own forward pass, so
 its gradient is computed on its own examples only; with no batch
 normalisation in the model this costs the same FLOPs as one pass over the
 concatenated batch.
@@ -42,13 +41,18 @@ from gradmix_tf import models
 from gradmix_tf import multi_source_step
 from gradmix_tf import pseudo_labels
 from gradmix_tf import sgd
-from gradmix_tf.data.experiment import SOFT_LABEL
+from gradmix_tf.data.experiment import CROSS_ENTROPY
+from gradmix_tf.data.experiment import KL_LABEL_MODEL
+from gradmix_tf.data.experiment import KL_MODEL_LABEL
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.gradmf import GradMF
 from gradmix_tf.losses import cross_entropy
 from gradmix_tf.optimizer import GradMix
 from gradmix_tf.task import Phase, Task
 
+# `SourceData.loss` of a soft-labelled source -> `soft_label_loss` direction.
+SOFT_LOSS_DIRECTIONS = {KL_MODEL_LABEL: "model_label",
+                        KL_LABEL_MODEL: "label_model"}
 UNLABELLED_SOURCE = {"gradmix_vat": "vat", "gradmix_mixmatch": "mixmatch"}
 GRADMIX_VARIANTS = {
     "gradmix": dict(solver=None, adaptive_lr=True),
@@ -95,8 +99,7 @@ class MultiSourceTask(Task):
     self.u_images = (tf.constant(data.u.images)
                      if entry is not None and entry.needs_unlabelled
                      else None)
-    self._v_clips = _clips(data.v.groups, int(
-        self.config.get("actions", {}).get("frames_per_step", 0)))
+    self._v_clips = _clips(data.v.groups, int(data.v_frames_per_step))
     super().build(setup)
 
   # -- Hooks ------------------------------------------------------------------
@@ -162,21 +165,17 @@ class MultiSourceTask(Task):
   def source_losses(self, indices):
     """Each source's share of its global-batch mean loss on this replica
     (`distribute.replica_share`)."""
-    direction = str(self.config.get("pseudo_label", {}).get(
-        "soft_loss", "model_label"))
     losses = []
     for source, images, labels, index in zip(
         self.data.sources, self.source_images, self.source_labels, indices):
       index = distribute.replica_rows(index, self.setup.replica_batch)
       logits = self.model(self.augment_source(tf.gather(images, index)),
                           head=source.head, training=True)
-      if source.loss == SOFT_LABEL:
-        # Soft pseudo-labels [N, C]: KL(p_model || y) (paper section 3.5)
-        # or KL(y || p_model), per `pseudo_label.soft_loss`.
-        loss = pseudo_labels.soft_label_loss(
-            logits, tf.gather(labels, index), direction)
-      else:
+      if source.loss == CROSS_ENTROPY:
         loss = cross_entropy(tf.gather(labels, index), logits)
+      else:
+        loss = pseudo_labels.soft_label_loss(
+            logits, tf.gather(labels, index), SOFT_LOSS_DIRECTIONS[source.loss])
       losses.append(distribute.replica_share(loss))
     return losses
 

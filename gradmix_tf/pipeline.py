@@ -48,12 +48,17 @@ from gradmix_tf import methods
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf import workdir as run_directory
-from gradmix_tf.data.experiment import SOFT_LABEL, LabelledSet, SourceData
+from gradmix_tf.data.experiment import KL_LABEL_MODEL, KL_MODEL_LABEL
+from gradmix_tf.data.experiment import LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.files import write_json_atomically, write_text_atomically
 
 METHODS = tuple(m.name for m in methods.REGISTRY
                 if m.pipeline.endswith(":run_pseudo_label_pipeline"))
+
+
+# `pseudo_label.soft_loss` -> the soft-labelled source's `SourceData.loss`.
+SOFT_LOSS_OF = {"model_label": KL_MODEL_LABEL, "label_model": KL_LABEL_MODEL}
 
 
 def _run(config, data, workdir, strategy):
@@ -121,9 +126,13 @@ def _save_labels(workdir, hard_index, hard_label, soft, record):
   write_json_atomically(os.path.join(workdir, "pseudo_labels.json"), record)
 
 
-def stage2_data(data, hard_index, hard_label, soft, soft_source, v_per_class,
+def stage2_data(data, hard_index, hard_label, soft, soft_loss, v_per_class,
                 seed):
-  """Stage 2's experiment: `S_u` added, V enlarged (module docstring)."""
+  """Stage 2's experiment: `S_u` added, V enlarged (module docstring).
+
+  `soft_loss`: None for hard labels; else the `SourceData.loss` of the
+  soft-labelled source (`KL_MODEL_LABEL`, `KL_LABEL_MODEL`).
+  """
   num_classes = data.num_classes_per_head[data.target_head]
   add = pseudo_labels.enlarge_validation(data.v.labels, hard_label, num_classes,
                                          v_per_class, seed)
@@ -133,9 +142,9 @@ def stage2_data(data, hard_index, hard_label, soft, soft_source, v_per_class,
   v = LabelledSet(
       np.concatenate([data.v.images, data.u.images[hard_index[add]]]),
       np.concatenate([data.v.labels, hard_label[add]]).astype(np.int64))
-  if soft_source:
+  if soft_loss is not None:
     pseudo = SourceData("pseudo_labels", data.u.images, soft, data.target_head,
-                        loss=SOFT_LABEL)
+                        loss=soft_loss)
   else:
     if not len(hard_index):
       raise DataError(
@@ -206,8 +215,9 @@ def run_pseudo_label_pipeline(config, data, workdir, strategy=None):
   with open(os.path.join(workdir, "pseudo_labels.json")) as f:
     record = json.load(f)
 
-  data2 = stage2_data(data, hard_index, hard_label, soft,
-                      config.method == "gradmix_soft_label",
+  soft_loss = (SOFT_LOSS_OF[settings.get("soft_loss", "model_label")]
+               if config.method == "gradmix_soft_label" else None)
+  data2 = stage2_data(data, hard_index, hard_label, soft, soft_loss,
                       int(settings.v_per_class), int(config.seed))
   metrics = _run(_with(config, method="gradmix"), data2,
                  os.path.join(workdir, "stage2"), strategy)

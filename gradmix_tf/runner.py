@@ -31,6 +31,7 @@ from gradmix_tf import checkpoints
 from gradmix_tf import distribute
 from gradmix_tf import finite_steps
 from gradmix_tf import methods
+from gradmix_tf import model_description
 from gradmix_tf.errors import ConfigError, TrainingError
 from gradmix_tf.evaluation import video_accuracy
 from gradmix_tf.files import write_json_atomically
@@ -214,8 +215,7 @@ class Runner:
     config, data = self.config, self.data
     os.makedirs(self.workdir, exist_ok=True)
     if self.is_chief:
-      from gradmix_tf import export  # pylint: disable=g-import-not-at-top
-      export.write_model_description(self.workdir, config, data)
+      model_description.write_model_description(self.workdir, config, data)
     restored = checkpoints.restore_newest_intact(self.checkpoint,
                                                  self.manager.directory)
     start = int(self.step.numpy())

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO, tiny_config, tiny_data
 from gradmix_tf import export
+from gradmix_tf import model_description
 from gradmix_tf.data.digits import conform_images
 from gradmix_tf.errors import UserError
 from gradmix_tf.runner import build_runner
@@ -178,6 +179,6 @@ def test_served_action_frames_are_preprocessed_as_training_reads_them(
 
 def test_an_action_run_describes_frame_preprocessing():
   import ml_collections  # pylint: disable=g-import-not-at-top
-  assert export.preprocessing_of(
+  assert model_description.preprocessing_of(
       ml_collections.ConfigDict(dict(experiment="actions"))) == "frames"
-  assert export.preprocessing_of(tiny_config()) == "digits"
+  assert model_description.preprocessing_of(tiny_config()) == "digits"

@@ -5,9 +5,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_config, tiny_data, workdir_locked_by_another_process
 from gradmix_tf import pipeline
+from gradmix_tf.batches import batch_indices
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.runner import Runner, build_runner
 
@@ -27,21 +29,21 @@ def test_stage2_data_hard_and_soft():
   hard_index = np.array([0, 1, 2, 3, 4, 5])
   hard_label = np.array([0, 0, 0, 1, 2, 2])
   soft = np.full((10, 3), 1 / 3, np.float32)
-  hard = pipeline.stage2_data(data, hard_index, hard_label, soft, False, 4, 0)
+  hard = pipeline.stage2_data(data, hard_index, hard_label, soft, None, 4, 0)
   # V: +2 of class 0 (of 3), +1 of class 1, +2 of class 2 -> 4, 3, 4.
   assert np.bincount(hard.v.labels).tolist() == [4, 3, 4]
   pseudo = hard.sources[-1]
   assert pseudo.name == "pseudo_labels" and pseudo.head == data.target_head
   np.testing.assert_array_equal(pseudo.y, hard_label)
   np.testing.assert_array_equal(pseudo.x, data.u.images[hard_index])
-  soft_data = pipeline.stage2_data(data, hard_index, hard_label, soft, True,
-                                   4, 0)
+  soft_data = pipeline.stage2_data(data, hard_index, hard_label, soft,
+                                   "kl_model_label", 4, 0)
   assert soft_data.sources[-1].y.shape == (10, 3)
   assert soft_data.sources[-1].y.dtype == np.float32
   np.testing.assert_array_equal(soft_data.v.labels, hard.v.labels)
   with pytest.raises(DataError, match="hard pseudo-label"):
     pipeline.stage2_data(data, np.zeros(0, np.int64), np.zeros(0, np.int64),
-                         soft, False, 4, 0)
+                         soft, None, 4, 0)
 
 
 @pytest.mark.parametrize("direction", ["model_label", "label_model"])
@@ -50,11 +52,20 @@ def test_soft_labels_train_with_kl(tmp_path, direction):
   soft = np.random.default_rng(0).dirichlet(np.ones(3), 10).astype(
       np.float32)
   data2 = pipeline.stage2_data(data, np.array([0]), np.array([1]), soft,
-                               True, 2, 0)
+                               pipeline.SOFT_LOSS_OF[direction], 2, 0)
   config = tiny_config(method="gradmix", steps=2)
-  config.pseudo_label.soft_loss = direction
   trainer = build_runner(config, data2, str(tmp_path))
-  assert trainer.data.sources[-1].loss == "soft_label"
+  # The first step's pseudo-label loss is the KL of that direction, by hand.
+  indices = [batch_indices(len(s.y), 8, [0, i], 0, 1)[0]
+             for i, s in enumerate(data2.sources)]
+  rows = indices[-1]
+  p = tf.nn.softmax(trainer.model(data2.u.images[rows], head=0)).numpy()
+  y = soft[rows]
+  kl = (p * np.log(p / y) if direction == "model_label"
+        else y * np.log(y / p)).sum(-1).mean()
+  stats = trainer.step_functions[0](tuple(tf.constant(i) for i in indices))
+  np.testing.assert_allclose(float(stats["loss/pseudo_labels"]), kl,
+                             rtol=1e-4)
   metrics = trainer.run()
   assert metrics["num_examples"]["pseudo_labels"] == 10
 

@@ -281,7 +281,8 @@ def build_action_experiment(config, seed, k):
       v=LabelledSet(v_x, v_y.astype(np.int64), v_groups),
       h=LabelledSet(h_x, h_y.astype(np.int64)),
       u=LabelledSet(u_x, u_y.astype(np.int64)),
-      test=LabelledSet(t_x, t_y.astype(np.int64), t_groups))
+      test=LabelledSet(t_x, t_y.astype(np.int64), t_groups),
+      v_frames_per_step=int(actions.frames_per_step))
 
 
 def _with_fixture_root(actions, cache_dir):

@@ -27,15 +27,20 @@ from gradmix_tf.data import digits
 from gradmix_tf.errors import ConfigError, DataError
 
 
-# The losses a source can take (`SourceData.loss`).
-CROSS_ENTROPY = "cross_entropy"    # integer labels `[N]`
-SOFT_LABEL = "soft_label"          # label distributions `[N, C]` (section 3.5)
-SOURCE_LOSSES = (CROSS_ENTROPY, SOFT_LABEL)
+# The losses a source can take (`SourceData.loss`): cross-entropy of
+# integer labels `[N]`, or for label distributions `[N, C]` (soft
+# pseudo-labels, paper section 3.5) KL(p_model || y), the paper's, or
+# KL(y || p_model) (`pseudo_labels.soft_label_loss`).
+CROSS_ENTROPY = "cross_entropy"
+KL_MODEL_LABEL = "kl_model_label"
+KL_LABEL_MODEL = "kl_label_model"
+SOURCE_LOSSES = (CROSS_ENTROPY, KL_MODEL_LABEL, KL_LABEL_MODEL)
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceData:
-  """One labelled source: images, labels, the head it trains, its loss."""
+  """One labelled source: images, labels, the head it trains, its loss
+  (one of `SOURCE_LOSSES`)."""
   name: str
   x: np.ndarray
   y: np.ndarray
@@ -78,6 +83,9 @@ class ExperimentData:
   h: LabelledSet
   u: LabelledSet          # labels hidden
   test: LabelledSet
+  # With V of video clips (`v.groups`): how many frames of each clip a step
+  # draws (0: all of V every step).
+  v_frames_per_step: int = 0
 
   def __post_init__(self):
     for name in ("v", "h", "u", "test"):
