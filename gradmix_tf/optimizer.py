@@ -272,8 +272,10 @@ class GradMix(keras.optimizers.Optimizer):
       A dict of tensors: `weights [mixed layers, k]`, `cosines [mixed
       layers]`, `rho`, `eta`, `applied` (bool), `nonfinite_source` (index
       of the first source with a non-finite gradient, `k` for the validation
-      gradient, -1 for none) and `source_grad_norms [k]` (over mixed layers).
-      Layer names are in `self.mixed_layer_names`.
+      gradient, -1 for none), `consecutive_skips` (int64: skipped steps in
+      a row, this one included; 0 after an applied step) and
+      `source_grad_norms [k]` (over mixed layers). Layer names are in
+      `self.mixed_layer_names`.
 
     Raises:
       ValueError: when the gradient lists do not line up with the variables.
@@ -342,6 +344,8 @@ class GradMix(keras.optimizers.Optimizer):
     else:
       applied = self._apply_unless_non_finite(all_finite, grads, variables,
                                               eta, nonfinite_source)
+    with tf.control_dependencies([applied]):
+      consecutive_skips = tf.identity(self.consecutive_skips)
     return {
         "weights": weights,
         "cosines": cosines,
@@ -349,6 +353,7 @@ class GradMix(keras.optimizers.Optimizer):
         "eta": eta,
         "applied": applied,
         "nonfinite_source": nonfinite_source,
+        "consecutive_skips": consecutive_skips,
         "source_grad_norms": tf.sqrt(tf.maximum(tf.reduce_sum(
             tf.linalg.diag_part(gram), 0), 0.0)),
     }

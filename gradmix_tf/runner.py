@@ -360,8 +360,9 @@ class Runner:
     """Stops the run after too many non-finite steps in a row.
 
     Every step reports `"applied"`: False when its update was skipped for a
-    non-finite gradient (`Task.apply_finite`, or GradMix's own check). A
-    skip is logged with the step and the culprit; `max_consecutive_skips`
+    non-finite gradient (`Task.apply_finite`, or GradMix's own check, whose
+    statistics name the culprit and count the skips in a row). A skip is
+    logged with the step and the culprit; `config.max_consecutive_skips`
     skips in a row raise `TrainingError`. A custom step that does not
     report `"applied"` is stopped at the first non-finite loss.
     """
@@ -375,15 +376,14 @@ class Runner:
       return
     if bool(stats["applied"]):
       return
-    if isinstance(phase.optimizer, GradMix):
+    if "nonfinite_source" in stats:        # a GradMix step's statistics
       names = list(phase.source_names) + ["validation (V)"]
       culprit = f"source {names[int(stats['nonfinite_source'])]}"
-      consecutive = int(phase.optimizer.consecutive_skips.numpy())
-      limit = phase.optimizer.max_consecutive_skips
+      consecutive = int(stats["consecutive_skips"])
     else:
       culprit = non_finite_loss(stats) or "the gradients of finite losses"
       consecutive = int(self.skips.consecutive_skips.numpy())
-      limit = int(self.config.max_consecutive_skips)
+    limit = int(self.config.max_consecutive_skips)
     logging.warning("Step %d skipped: non-finite gradient from %s.", step,
                     culprit)
     if consecutive >= limit:
