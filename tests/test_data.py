@@ -164,8 +164,8 @@ def test_experiment_splits():
 
 def test_halves_are_disjoint_and_cover_the_classes():
   dataset = _synthetic("a")
-  x0, _ = experiment._select(dataset, "train", (5, 6), 0, 0, "r")
-  x1, _ = experiment._select(dataset, "train", (5, 6), 1, 0, "r")
+  x0, _ = experiment.select_split(dataset, "train", (5, 6), 0, 0, "r")
+  x1, _ = experiment.select_split(dataset, "train", (5, 6), 1, 0, "r")
   rows = {tuple(i.ravel()[:16]) for i in x0} | {tuple(i.ravel()[:16])
                                                  for i in x1}
   assert len(x0) + len(x1) == 80 and len(rows) == 80

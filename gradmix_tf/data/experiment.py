@@ -122,17 +122,17 @@ def build_experiment(config, seed, k, loader=None):
       return cache[spec]
 
   size, _, channels = tuple(config.input_shape)
-  target_classes = _classes(config.target.classes, "target")
+  target_classes = class_ids(config.target.classes, "target")
   head_classes = []
   sources = []
   for name in sorted(config.sources):
     role = config.sources[name]
-    classes = _classes(role.classes, f"sources.{name}")
+    classes = class_ids(role.classes, f"sources.{name}")
     if classes not in head_classes:
       head_classes.append(classes)
-    x, y = _select(loader(role.dataset), "train", classes, role.half,
+    x, y = select_split(loader(role.dataset), "train", classes, role.half,
                    config.split_seed, f"sources.{name}")
-    x, y = _cap(x, y, config.get("max_source_examples", 0), config.split_seed)
+    x, y = cap_examples(x, y, config.get("max_source_examples", 0), config.split_seed)
     sources.append(SourceData(
         name, digits.conform_images(x, size, channels, name), y,
         head_classes.index(classes)))
@@ -148,7 +148,7 @@ def build_experiment(config, seed, k, loader=None):
 
   target = config.target
   dataset = loader(target.dataset)
-  x, y = _select(dataset, "train", target_classes, target.half,
+  x, y = select_split(dataset, "train", target_classes, target.half,
                  config.split_seed, "target")
   x = digits.conform_images(x, size, channels, "target")
   order = np.random.default_rng([config.split_seed, 7]).permutation(len(y))
@@ -159,9 +159,9 @@ def build_experiment(config, seed, k, loader=None):
   u_cap = config.get("max_unlabelled", 0)
   if u_cap:
     u_index = u_index[:u_cap]
-  x_test, y_test = _select(dataset, "test", target_classes, -1,
+  x_test, y_test = select_split(dataset, "test", target_classes, -1,
                            config.split_seed, "target test")
-  x_test, y_test = _cap(x_test, y_test, config.get("max_test", 0),
+  x_test, y_test = cap_examples(x_test, y_test, config.get("max_test", 0),
                         config.split_seed)
   return ExperimentData(
       sources=tuple(sources),
@@ -174,7 +174,8 @@ def build_experiment(config, seed, k, loader=None):
             y_test))
 
 
-def _classes(classes, role):
+def class_ids(classes, role):
+  """`classes` as a tuple of distinct ints (ConfigError naming `role`)."""
   classes = tuple(int(c) for c in classes)
   if not classes or len(set(classes)) != len(classes):
     raise ConfigError(f"{role}.classes must be distinct class ids, got "
@@ -182,7 +183,7 @@ def _classes(classes, role):
   return classes
 
 
-def _select(dataset, split, classes, half, split_seed, role):
+def select_split(dataset, split, classes, half, split_seed, role):
   """Images of `classes` (labels re-indexed), optionally one half of them."""
   x, y = dataset.split(split)
   keep = np.flatnonzero(np.isin(y, classes))
@@ -201,7 +202,8 @@ def _select(dataset, split, classes, half, split_seed, role):
   return x[keep], labels
 
 
-def _cap(x, y, cap, split_seed):
+def cap_examples(x, y, cap, split_seed):
+  """At most `cap` examples (0: all), a fixed random subset by `split_seed`."""
   if not cap or len(y) <= cap:
     return x, y
   index = np.sort(np.random.default_rng([split_seed, 5]).permutation(
@@ -209,17 +211,29 @@ def _cap(x, y, cap, split_seed):
   return x[index], y[index]
 
 
+def draw_per_class(y, pool, labels, count, rng, shortage):
+  """`count` indices of each label in `labels` from `pool` (sorted per
+  class, classes in order), drawn without replacement with `rng`.
+
+  Raises:
+    DataError: `shortage(label, available)`, when a class has fewer than
+      `count` images in `pool`.
+  """
+  chosen = []
+  for label in labels:
+    members = pool[y[pool] == label]
+    if len(members) < count:
+      raise DataError(shortage(label, len(members)))
+    chosen.append(np.sort(rng.choice(members, size=count, replace=False)))
+  return np.concatenate(chosen)
+
+
 def _k_shot(y, pool, k, seed, num_classes):
   """`k` indices per class from `pool`, drawn with `seed`."""
   if k < 1:
     raise ConfigError(f"k must be at least 1, got {k}")
-  rng = np.random.default_rng([seed, 11])
-  chosen = []
-  for label in range(num_classes):
-    members = pool[y[pool] == label]
-    if len(members) < k:
-      raise DataError(
-          f"k={k} is larger than the {len(members)} target images of class "
-          f"index {label} left after the hyper-validation set; lower k")
-    chosen.append(np.sort(rng.choice(members, size=k, replace=False)))
-  return np.concatenate(chosen)
+  return draw_per_class(
+      y, pool, range(num_classes), k, np.random.default_rng([seed, 11]),
+      lambda label, available: (
+          f"k={k} is larger than the {available} target images of class "
+          f"index {label} left after the hyper-validation set; lower k"))

@@ -19,9 +19,10 @@ from.
 import numpy as np
 
 from gradmix_tf.data import digits
-from gradmix_tf.data.experiment import (ExperimentData, SourceData, _cap,
-                                        _classes, _select)
-from gradmix_tf.errors import ConfigError, DataError
+from gradmix_tf.data.experiment import ExperimentData, SourceData
+from gradmix_tf.data.experiment import cap_examples, class_ids
+from gradmix_tf.data.experiment import draw_per_class, select_split
+from gradmix_tf.errors import ConfigError
 
 
 def build_partial_experiment(config, seed, loader=None):
@@ -38,8 +39,8 @@ def build_partial_experiment(config, seed, loader=None):
       return digits.load_dataset(spec, config.data_dir, config.cache_dir,
                                  config.mnistm_seed)
   size, _, channels = tuple(config.input_shape)
-  classes = _classes(config.target.classes, "target")
-  seen = _classes(config.holistic.seen_classes, "holistic.seen_classes")
+  classes = class_ids(config.target.classes, "target")
+  seen = class_ids(config.holistic.seen_classes, "holistic.seen_classes")
   if not set(seen) < set(classes):
     raise ConfigError(
         f"holistic.seen_classes {list(seen)} must be a proper subset of the "
@@ -49,17 +50,17 @@ def build_partial_experiment(config, seed, loader=None):
                       "pre-training data); config.sources has "
                       f"{len(config.sources)}")
   (name, role), = config.sources.items()
-  if _classes(role.classes, f"sources.{name}") != classes:
+  if class_ids(role.classes, f"sources.{name}") != classes:
     raise ConfigError(f"sources.{name}.classes must equal the target "
                       f"classes {list(classes)}")
-  x, y = _select(loader(role.dataset), "train", classes, role.half,
+  x, y = select_split(loader(role.dataset), "train", classes, role.half,
                  config.split_seed, f"sources.{name}")
-  x, y = _cap(x, y, config.get("max_source_examples", 0), config.split_seed)
+  x, y = cap_examples(x, y, config.get("max_source_examples", 0), config.split_seed)
   source = SourceData(name, digits.conform_images(x, size, channels, name),
                       y, 0)
 
   dataset = loader(config.target.dataset)
-  x, y = _select(dataset, "train", classes, config.target.half,
+  x, y = select_split(dataset, "train", classes, config.target.half,
                  config.split_seed, "target")
   x = digits.conform_images(x, size, channels, "target")
   seen_labels = [classes.index(c) for c in seen]
@@ -70,9 +71,9 @@ def build_partial_experiment(config, seed, loader=None):
   v_index = _per_class(y, seen_labels, int(config.holistic.per_class),
                        np.random.default_rng([seed, 17]), pool,
                        "holistic.per_class")
-  x_test, y_test = _select(dataset, "test", classes, -1, config.split_seed,
+  x_test, y_test = select_split(dataset, "test", classes, -1, config.split_seed,
                            "target test")
-  x_test, y_test = _cap(x_test, y_test, config.get("max_test", 0),
+  x_test, y_test = cap_examples(x_test, y_test, config.get("max_test", 0),
                         config.split_seed)
   empty = (x[:0], y[:0])
   return ExperimentData(
@@ -83,12 +84,7 @@ def build_partial_experiment(config, seed, loader=None):
 
 
 def _per_class(y, labels, count, rng, pool, field):
-  chosen = []
-  for label in labels:
-    members = pool[y[pool] == label]
-    if len(members) < count:
-      raise DataError(
-          f"{field}={count} is more than the {len(members)} target images "
-          f"of class index {label} available; lower {field}")
-    chosen.append(np.sort(rng.choice(members, size=count, replace=False)))
-  return np.concatenate(chosen)
+  return draw_per_class(
+      y, pool, labels, count, rng, lambda label, available: (
+          f"{field}={count} is more than the {available} target images of "
+          f"class index {label} available; lower {field}"))
