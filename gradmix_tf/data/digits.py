@@ -1,6 +1,7 @@
 """Digit dataset loaders: MNIST (npz or idx), SVHN (.mat or TFDS), MNIST-M, npz.
 
-A dataset spec names where the images come from:
+A dataset spec names where the images come from (`gradmix_tf.data.specs.
+load_dataset` dispatches on it):
 
 * ``mnist``: `<data_dir>/mnist.npz`, else the four official idx files
   (`train-images-idx3-ubyte[.gz]`, ...) in `<data_dir>`.
@@ -52,25 +53,6 @@ class DigitDataset:
     if split == "test":
       return self.x_test, self.y_test
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-
-
-def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
-  """Loads a dataset by spec (see module docstring).
-
-  Raises:
-    DataError: the files are missing, corrupt, or inconsistent.
-  """
-  if spec.startswith("npz:"):
-    return load_npz(spec[len("npz:"):], name=spec)
-  if spec == "mnist":
-    return load_mnist(data_dir)
-  if spec == "svhn":
-    return load_svhn(data_dir)
-  if spec == "mnistm":
-    from gradmix_tf.data import mnistm  # pylint: disable=g-import-not-at-top
-    return mnistm.load_mnistm(data_dir, cache_dir, seed=mnistm_seed)
-  raise DataError(
-      f"unknown dataset {spec!r}: use mnist, svhn, mnistm or npz:<path>")
 
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a member; an empty archive

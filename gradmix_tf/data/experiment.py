@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 
 from gradmix_tf.data import digits
+from gradmix_tf.data import specs
 from gradmix_tf.errors import ConfigError, DataError
 
 
@@ -117,7 +118,7 @@ def build_experiment(config, seed, k, loader=None):
 
     def loader(spec):
       if spec not in cache:
-        cache[spec] = digits.load_dataset(
+        cache[spec] = specs.load_dataset(
             spec, config.data_dir, config.cache_dir, config.mnistm_seed)
       return cache[spec]
 

@@ -19,6 +19,7 @@ from.
 import numpy as np
 
 from gradmix_tf.data import digits
+from gradmix_tf.data import specs
 from gradmix_tf.data.experiment import ExperimentData, SourceData
 from gradmix_tf.data.experiment import cap_examples, class_ids
 from gradmix_tf.data.experiment import draw_per_class, select_split
@@ -36,7 +37,7 @@ def build_partial_experiment(config, seed, loader=None):
   """
   if loader is None:
     def loader(spec):
-      return digits.load_dataset(spec, config.data_dir, config.cache_dir,
+      return specs.load_dataset(spec, config.data_dir, config.cache_dir,
                                  config.mnistm_seed)
   size, _, channels = tuple(config.input_shape)
   classes = class_ids(config.target.classes, "target")
