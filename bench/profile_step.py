@@ -87,7 +87,7 @@ def main():
   parser.add_argument("--block", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=10)
   args = parser.parse_args()
-  data = step_time._data(step_time._config({}))
+  data = step_time.bench_data(step_time.bench_config({}))
   workdir = f"/tmp/gradmix_profile_{os.getpid()}"
   floor = step_time.Stepper(step_time.VARIANTS[step_time.FLOOR], data,
                             os.path.join(workdir, "floor"))

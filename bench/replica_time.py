@@ -29,13 +29,13 @@ def child(mode, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
   import step_time  # pylint: disable=g-import-not-at-top
-  config = step_time._config(dict(  # pylint: disable=protected-access
+  config = step_time.bench_config(dict(
       distribution="default" if mode == "single" else "mirrored",
       logical_cpus=0 if mode == "single" else 2))
   strategy = distribute.make_strategy(config)
   from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
-  data = step_time._data(config)  # pylint: disable=protected-access
+  data = step_time.bench_data(config)
   trainer = build_runner(config, data, f"/tmp/gradmix_replicas_{os.getpid()}",
                     strategy=strategy)
   fn = trainer.step_functions[0]

@@ -69,7 +69,8 @@ FLOOR = "plain (sources + V)"
 SOURCE_ONLY = "plain (sources)"
 
 
-def _config(overrides):
+def bench_config(overrides):
+  """The resolved `digits_mnistm` config (k = 2) with dotted `overrides`."""
   config = config_lib.load_config("digits_mnistm")
   config.k = 2
   for key, value in overrides.items():
@@ -81,13 +82,14 @@ def _config(overrides):
   return config_lib.resolve(config)
 
 
-_DATA = {}
+_BENCH_DATA = {}
 
 
-def _data(config):
-  if "data" not in _DATA:
-    _DATA["data"] = build_experiment(config, seed=0, k=int(config.k))
-  return _DATA["data"]
+def bench_data(config):
+  """The experiment's data (built once per process)."""
+  if "data" not in _BENCH_DATA:
+    _BENCH_DATA["data"] = build_experiment(config, seed=0, k=int(config.k))
+  return _BENCH_DATA["data"]
 
 
 def with_sources(data, k):
@@ -101,7 +103,7 @@ class Stepper:
   """One variant's compiled step with its stream of batch indices."""
 
   def __init__(self, overrides, data, workdir, steps=100000):
-    config = _config(overrides)
+    config = bench_config(overrides)
     self.trainer = build_runner(config, data, workdir)
     self.fn = self.trainer.step_functions[0]
     self.streams = [batch_indices(len(s.y), int(config.batch_size), [0, i], 0,
@@ -127,7 +129,7 @@ class FitStepper:
 
   def __init__(self, data, workdir, steps=100000):
     import keras  # pylint: disable=g-import-not-at-top
-    config = _config(VARIANTS["GradMix (exact)"])
+    config = bench_config(VARIANTS["GradMix (exact)"])
     twin = build_runner(config, data, workdir)
     self.model = MultiSourceModel(
         AllHeads(twin.model), {s.name: s.head for s in data.sources},
@@ -165,7 +167,7 @@ class FitStepper:
 
 def fit_table(args, workdir):
   """fit()'s step against the runner's GradMix step, interleaved."""
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   steppers = {"runner": Stepper(VARIANTS["GradMix (exact)"], data,
                                 os.path.join(workdir, "runner")),
               "fit": FitStepper(data, os.path.join(workdir, "fit"))}
@@ -189,7 +191,7 @@ NORM_VARIANTS = {
 
 def norm_table(args, workdir):
   """Step times with and without batch norm in the digit trunk."""
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   steppers = {name: Stepper(overrides, data, os.path.join(workdir, f"n{i}"))
               for i, (name, overrides) in enumerate(NORM_VARIANTS.items())}
   times = interleaved(steppers, args.rounds, args.block, args.warmup)
@@ -269,7 +271,7 @@ def spread(values):
 
 
 def step_table(args, workdir):
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   steppers = {name: Stepper(overrides, data, os.path.join(workdir, str(i)))
               for i, (name, overrides) in enumerate(VARIANTS.items())}
   times = interleaved(steppers, args.rounds, args.block, args.warmup)
@@ -312,7 +314,7 @@ def memory_child(name, warmup):
   after the data and the model are built and one step has traced the
   function; what is left is the cost of stepping.
   """
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   stepper = Stepper(VARIANTS[name], data, f"/tmp/gradmix_bench_mem_{os.getpid()}")
   stepper.run(1)
   before = _status_kib("VmRSS")
@@ -364,7 +366,7 @@ def solver_table(repeats):
 
 
 def k_table(args, workdir):
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   rows = []
   for k in (2, 4, 8):
     data_k = with_sources(data, k)
@@ -383,7 +385,7 @@ def k_table(args, workdir):
 
 
 def lever_table(args, workdir):
-  data = _data(_config({}))
+  data = bench_data(bench_config({}))
   rows = []
   # Compiled vs eager: the whole step in one tf.function or op by op.
   compiled = Stepper(VARIANTS["GradMix (exact)"], data,
@@ -518,8 +520,8 @@ def write_report(args, steps, memory, solver_rows, k_rows, levers, host,
       "once, on their own examples, and each source's backward pass covers "
       "only its own examples, so the FLOPs of the GradMix step equal those "
       "of the plain (sources + V) step. The digit ConvNet here has "
-      f"`model.norm={_config({}).model.norm!r}` (the config's protocol, "
-      f"`{_config({}).protocol}`); with batch norm each source and V are "
+      f"`model.norm={bench_config({}).model.norm!r}` (the config's protocol, "
+      f"`{bench_config({}).protocol}`); with batch norm each source and V are "
       "normalised with their own batch, and V's pass puts the moving "
       "statistics back (see \"Batch norm in the digit trunk\").",
       "",
