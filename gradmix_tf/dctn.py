@@ -99,7 +99,8 @@ class DCTNTask(MultiSourceTask):
         keras.Sequential([keras.layers.Dense(64, activation="relu"),
                           keras.layers.Dense(1)], name=f"discriminator_{j}")
         for j in range(len(self.data.sources))]
-    features = int(config.model.units)
+    features = int(self.model.trunk.compute_output_shape(
+        (None,) + tuple(config.input_shape))[-1])
     for d in self.discriminators:
       d.build((None, features))
     self.discriminator_optimizer = sgd.make_main_sgd(config)
@@ -156,8 +157,9 @@ class DCTNTask(MultiSourceTask):
       source_labels = [tf.gather(y, i) for y, i in zip(self.source_labels,
                                                          source_indices)]
       u_images = tf.gather(self.u_images, u_index)
-      target_images = tf.concat([self.v_images, u_images], 0)
-      v_count = tf.shape(self.v_labels)[0]
+      v_images, v_labels = self.validation_images()
+      target_images = tf.concat([v_images, u_images], 0)
+      v_count = tf.shape(v_labels)[0]
       # 1a. Discriminators: source j -> 1, target -> 0 (features stopped).
       with tf.GradientTape() as tape:
         target_features = tf.stop_gradient(model.trunk(target_images))
@@ -186,8 +188,7 @@ class DCTNTask(MultiSourceTask):
             labels=tf.ones_like(d_logits), logits=d_logits)) * float(
                 len(self.discriminators))
         val_loss = self.target_cross_entropy(
-            features[:v_count], self.v_labels,
-            tf.ones_like(self.v_labels, tf.float32))
+            features[:v_count], v_labels, tf.ones_like(v_labels, tf.float32))
         u_probs = tf.stop_gradient(probs[v_count:])
         started = tf.cast(self.setup.step >= int(dctn.pseudo_label_start),
                           tf.float32)

@@ -132,14 +132,15 @@ REGISTRY = (
     Method("mdda", ("digits",), "gradmix_tf.mdda:MDDATask", section="mdda",
            section_defaults=MDDA_DEFAULTS, needs_unlabelled=True,
            multi_replica=False),
-    Method("dctn", ("digits",), "gradmix_tf.dctn:DCTNTask", section="dctn",
+    Method("dctn", _STILL_AND_VIDEO, "gradmix_tf.dctn:DCTNTask",
+           section="dctn",
            section_defaults=DCTN_DEFAULTS, needs_unlabelled=True,
            multi_replica=False),
     # gradmix_tf/pipeline.py
-    Method("gradmix_hard_label", ("digits",), pipeline=_PSEUDO_LABELS,
+    Method("gradmix_hard_label", _STILL_AND_VIDEO, pipeline=_PSEUDO_LABELS,
            section="pseudo_label", section_defaults=PSEUDO_LABEL_DEFAULTS,
            needs_unlabelled=True),
-    Method("gradmix_soft_label", ("digits",), pipeline=_PSEUDO_LABELS,
+    Method("gradmix_soft_label", _STILL_AND_VIDEO, pipeline=_PSEUDO_LABELS,
            section="pseudo_label", section_defaults=PSEUDO_LABEL_DEFAULTS,
            needs_unlabelled=True),
     # gradmix_tf/holistic.py (configs/holistic_digits.py defines its section)

@@ -27,6 +27,12 @@
    and V enlarged to `pseudo_label.v_per_class` (100) per class with
    hard-labelled images (the paper adds them "from S_u"; they stay in it).
 
+On action data (`--config=ucf101`) U holds one middle frame per training
+clip, so U is labelled per clip (one frame, one label); an added V image is
+a V clip of one frame, drawn every step (`v.groups` grows with it). The
+ensemble members predict U with the network they were trained with
+(ResNet-18 in inference mode: batch norm's moving statistics).
+
 Every stage resumes: a finished run (its `metrics.json`) is not rerun, an
 interrupted one continues from its checkpoint, and the labels are made once.
 `<workdir>/metrics.json` is stage 2's metrics with the grid and the labels'
@@ -136,12 +142,17 @@ def stage2_data(data, hard_index, hard_label, soft, soft_loss, v_per_class,
   num_classes = data.num_classes_per_head[data.target_head]
   add = pseudo_labels.enlarge_validation(data.v.labels, hard_label, num_classes,
                                          v_per_class, seed)
+  groups = None
   if data.v.groups is not None:
-    raise ConfigError("the pseudo-label pipeline enlarges V with U's "
-                      "images; V of video clips is not supported")
+    # Action data: each U image is the middle frame of a clip of its own
+    # (labelled per clip); an added one is a one-frame V clip.
+    first_new = int(np.max(data.v.groups)) + 1 if len(data.v) else 0
+    groups = np.concatenate([data.v.groups,
+                             first_new + np.arange(len(add))])
   v = LabelledSet(
       np.concatenate([data.v.images, data.u.images[hard_index[add]]]),
-      np.concatenate([data.v.labels, hard_label[add]]).astype(np.int64))
+      np.concatenate([data.v.labels, hard_label[add]]).astype(np.int64),
+      groups)
   if soft_loss is not None:
     pseudo = SourceData("pseudo_labels", data.u.images, soft, data.target_head,
                         loss=soft_loss)

@@ -1,5 +1,6 @@
 """The pseudo-label pipeline: stage-2 data, the three stages, resumption."""
 
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from conftest import tiny_config, tiny_data, workdir_locked_by_another_process
 from gradmix_tf import pipeline
 from gradmix_tf.batches import batch_indices
+from gradmix_tf.data.experiment import LabelledSet
 from gradmix_tf.errors import ConfigError, DataError
 from gradmix_tf.runner import Runner, build_runner
 
@@ -44,6 +46,19 @@ def test_stage2_data_hard_and_soft():
   with pytest.raises(DataError, match="hard pseudo-label"):
     pipeline.stage2_data(data, np.zeros(0, np.int64), np.zeros(0, np.int64),
                          soft, None, 4, 0)
+
+
+def test_stage2_on_video_clips_adds_one_frame_clips():
+  data = tiny_data()
+  groups = np.repeat([0, 1, 2], 2)              # V: 3 clips of 2 frames
+  data = dataclasses.replace(data, v=LabelledSet(data.v.images,
+                                                 data.v.labels, groups))
+  hard_index, hard_label = np.array([0, 4]), np.array([1, 2])
+  stage2 = pipeline.stage2_data(data, hard_index, hard_label, None, None,
+                                4, 0)
+  np.testing.assert_array_equal(stage2.v.groups, [0, 0, 1, 1, 2, 2, 3, 4])
+  np.testing.assert_array_equal(stage2.v.images[6:],
+                                data.u.images[hard_index])
 
 
 @pytest.mark.parametrize("direction", ["model_label", "label_model"])
