@@ -1,6 +1,17 @@
-"""Accuracy of frames and of videos (the mean of their frames' softmax)."""
+"""Predictions in batches; accuracy of frames and of videos (the mean of
+their frames' softmax)."""
 
 import numpy as np
+
+EVAL_BATCH = 500
+
+
+def in_batches(predict, images, batch_size=EVAL_BATCH):
+  """`predict` (NumPy images -> `[n, ...]` outputs) over `images` in
+  batches of `batch_size`, concatenated as one NumPy array."""
+  return np.concatenate([
+      np.asarray(predict(images[start:start + batch_size]))
+      for start in range(0, len(images), batch_size)])
 
 
 def video_accuracy(probabilities, labels, groups):

@@ -64,6 +64,7 @@ import tensorflow as tf
 from gradmix_tf import finite_steps
 from gradmix_tf import models
 from gradmix_tf.errors import ConfigError
+from gradmix_tf.evaluation import in_batches
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.losses import cross_entropy
 from gradmix_tf.multi_source_task import MultiSourceTask
@@ -423,8 +424,7 @@ class HolisticTask(MultiSourceTask):
 
   def _logits(self, images):
     """The model's logits (no shift) of `images`, in batches."""
-    return np.concatenate([self.model(tf.constant(images[i:i + 500])).numpy()
-                           for i in range(0, len(images), 500)])
+    return in_batches(lambda batch: self.model(tf.constant(batch)), images)
 
   def extra_metrics(self):
     images, labels = self.data.test.images, self.data.test.labels

@@ -57,6 +57,7 @@ from gradmix_tf import workdir as run_directory
 from gradmix_tf.data.experiment import KL_LABEL_MODEL, KL_MODEL_LABEL
 from gradmix_tf.data.experiment import LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
+from gradmix_tf.evaluation import in_batches
 from gradmix_tf.files import write_json_atomically, write_text_atomically
 
 METHODS = tuple(m.name for m in methods.REGISTRY
@@ -116,11 +117,9 @@ def _member_probabilities(config, data, member_dirs):
     if latest is None:
       raise ConfigError(f"stage-1 run {directory} has no checkpoint; delete "
                         "it to retrain it")
-    images = data.u.images
-    outputs.append(np.concatenate([
-        tf.nn.softmax(model(tf.constant(images[i:i + 500]),
-                            head=data.target_head)).numpy()
-        for i in range(0, len(images), 500)]))
+    outputs.append(in_batches(
+        lambda batch, model=model: tf.nn.softmax(model(
+            tf.constant(batch), head=data.target_head)), data.u.images))
   return np.stack(outputs)
 
 

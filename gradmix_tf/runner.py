@@ -33,12 +33,11 @@ from gradmix_tf import finite_steps
 from gradmix_tf import methods
 from gradmix_tf import model_description
 from gradmix_tf.errors import ConfigError, TrainingError
-from gradmix_tf.evaluation import video_accuracy
+from gradmix_tf.evaluation import in_batches, video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
 from gradmix_tf.task import RunSetup
 
-EVAL_BATCH = 500
 
 
 def method_entry(config):
@@ -190,23 +189,17 @@ class Runner:
 
   def probabilities(self, images):
     """Target-head softmax of `images`, `[n, classes]`, in batches."""
-    return np.concatenate([
-        self._predict(tf.constant(images[start:start + EVAL_BATCH])).numpy()
-        for start in range(0, len(images), EVAL_BATCH)])
+    return in_batches(lambda batch: self._predict(tf.constant(batch)),
+                      images)
 
   def evaluate(self, split):
     """(loss, accuracy) of the target head on a labelled set."""
-    images, labels = split.images, split.labels
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(labels), EVAL_BATCH):
-      probs = self._predict(tf.constant(images[start:start + EVAL_BATCH]))
-      probs = probs.numpy()
-      batch_labels = labels[start:start + EVAL_BATCH]
-      picked = probs[np.arange(len(batch_labels)), batch_labels]
-      total_loss += float(-np.log(np.maximum(picked, 1e-12)).sum())
-      correct += int((probs.argmax(-1) == batch_labels).sum())
-    count = max(len(labels), 1)
-    return total_loss / count, correct / count
+    if not len(split):
+      return 0.0, 0.0
+    probs = self.probabilities(split.images)
+    picked = probs[np.arange(len(split)), split.labels].astype(np.float64)
+    loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
+    return loss, float((probs.argmax(-1) == split.labels).mean())
 
   # -- The loop ---------------------------------------------------------------
 
