@@ -149,8 +149,13 @@ batch. GradMix w/ hard label labels U per clip (U holds one middle frame of
 each training clip); an added V image is a V clip of one frame. In quick
 mode the pseudo-label ensemble is one stage-1 run and every U frame is
 labelled (`QUICK_PSEUDO_LABEL_FLAGS`); with data, the config's 2 x 2 grid,
-3 members and threshold 0.8. MDDA (domain-specific batch-norm statistics in
-every layer) and EnergyNet are not implemented for ResNet-18 yet.
+3 members and threshold 0.8. MDDA on ResNet-18 (`mdda.MDDAResNet18`) puts
+an mDA layer in place of every one of its 20 batch norms: per-domain
+statistics (the latent source domains and the target's own), mixed by each
+source image's assignment from the domain branch (on the raw image), with
+shared gamma and beta; the ImageNet weights are copied into it, each batch
+norm's moving statistics into every domain, so it starts as the ImageNet
+network. EnergyNet is not implemented yet.
 
 Differences from the paper to know about: per-video accuracy averages
 `actions.test_frames_per_clip` (default 5) evenly spaced frames per video,

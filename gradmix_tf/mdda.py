@@ -30,6 +30,12 @@ the domain assignments confident per sample and balanced over the batch
 its label space, so sources with different label spaces (category shift)
 are handled as GradMix is.
 
+On ResNet-18 (`--config=ucf101`, `MDDAResNet18`) every batch norm becomes
+an mDA layer (per-domain statistics, shared gamma and beta, BN momentum 0.9
+and PyTorch's epsilon 1e-5); the ImageNet weights are copied in, each batch
+norm's moving statistics into every domain. The target batch is this step's
+V frames (one per V clip) and a U batch.
+
 Choices MDDA leaves to us: `D` = 2 (our number of sources),
 `lambda_t = lambda_d = 0.1`, BN momentum 0.9 and epsilon 1e-3, the branch
 (conv 16 3x3 ReLU, global average pool, dense D), SGD at `lr` with
@@ -39,6 +45,7 @@ momentum (the digit config's 0.05, 0.9).
 import keras
 import tensorflow as tf
 
+from gradmix_tf import resnet
 from gradmix_tf import sgd
 from gradmix_tf.losses import cross_entropy
 from gradmix_tf.losses import entropy
@@ -175,16 +182,150 @@ class MDDANet(keras.Model):
     self.built = True
 
 
+class MDDAResNet18(keras.Model):
+  """ResNet-18 (`gradmix_tf.resnet`) with an mDA layer in place of every
+  batch norm, heads, and the domain-assignment branch.
+
+  Same layers and names as `resnet.resnet18_trunk` (`conv1`, `bn1`,
+  `layer2_0_conv1`, `layer2_0_bn1`, `layer2_0_downsample_0`/`_1`, ...), so
+  `copy_trunk_weights` takes a trunk's ImageNet weights: convolutions as
+  they are, and each batch norm's `gamma`, `beta` and moving statistics,
+  the statistics copied to every domain. With one domain's one-hot weights
+  and training off, it computes exactly what the trunk computes.
+  """
+
+  def __init__(self, num_classes_per_head, latent_domains=2, **kwargs):
+    super().__init__(**kwargs)
+    self.latent_domains = int(latent_domains)
+    domains = self.latent_domains + 1      # + the target's own statistics
+    self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    self.normalise = keras.layers.Normalization(
+        mean=resnet.IMAGENET_MEAN,
+        variance=tuple(v * v for v in resnet.IMAGENET_STD),
+        name="imagenet_normalise")
+    self.units = []          # (padding or None, conv, mDA layer) by name
+
+    def conv_norm(filters, kernel, stride, name, norm_name):
+      pad = kernel // 2
+      unit = (keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")
+              if pad else None,
+              keras.layers.Conv2D(filters, kernel, strides=stride,
+                                  padding="valid", use_bias=False, name=name),
+              WeightedBatchNorm(domains, momentum=0.9,
+                                epsilon=resnet.BN_EPSILON, name=norm_name))
+      self.units.append(unit)
+      return unit
+
+    self.stem = conv_norm(64, 7, 2, "conv1", "bn1")
+    self.pool_pad = keras.layers.ZeroPadding2D(1, name="maxpool_pad")
+    self.pool = keras.layers.MaxPooling2D(3, strides=2, name="maxpool")
+    self.blocks = []
+    channels = 64
+    for stage, (filters, stride) in enumerate(resnet.STAGES, start=1):
+      for block in range(2):
+        prefix = f"layer{stage}_{block}"
+        step = stride if block == 0 else 1
+        first = conv_norm(filters, 3, step, f"{prefix}_conv1",
+                          f"{prefix}_bn1")
+        second = conv_norm(filters, 3, 1, f"{prefix}_conv2", f"{prefix}_bn2")
+        shortcut = None
+        if step != 1 or channels != filters:
+          shortcut = conv_norm(filters, 1, step, f"{prefix}_downsample_0",
+                               f"{prefix}_downsample_1")
+        self.blocks.append((first, second, shortcut))
+        channels = filters
+    self.avgpool = keras.layers.GlobalAveragePooling2D(name="avgpool")
+    self.branch_conv = keras.layers.Conv2D(16, 3, padding="same",
+                                           activation="relu",
+                                           name="domain_conv")
+    self.branch_pool = keras.layers.GlobalAveragePooling2D()
+    self.branch_out = keras.layers.Dense(self.latent_domains,
+                                         name="domain_assignment")
+    self.num_classes_per_head = tuple(int(n) for n in num_classes_per_head)
+    for h, n in enumerate(self.num_classes_per_head):
+      setattr(self, f"head_{h}", keras.layers.Dense(n, name=f"head_{h}"))
+
+  @property
+  def heads(self):
+    return tuple(getattr(self, f"head_{h}")
+                 for h in range(len(self.num_classes_per_head)))
+
+  def assignments(self, images):
+    """Latent-domain assignment `[N, D]` of source images."""
+    x = self.branch_pool(self.branch_conv(self.rescale(images)))
+    return tf.nn.softmax(self.branch_out(x))
+
+  def target_weights(self, images):
+    """One-hot on the target's own statistics (the last domain)."""
+    return tf.one_hot(tf.fill([tf.shape(images)[0]], self.latent_domains),
+                      self.latent_domains + 1)
+
+  @staticmethod
+  def _apply(unit, x, weights, training):
+    pad, conv, norm = unit
+    if pad is not None:
+      x = pad(x)
+    return norm(conv(x), weights, training=training)
+
+  def features(self, images, weights, training=False):
+    x = self.normalise(self.rescale(tf.cast(images, tf.float32)))
+    x = tf.nn.relu(self._apply(self.stem, x, weights, training))
+    x = self.pool(self.pool_pad(x))
+    for first, second, shortcut in self.blocks:
+      y = tf.nn.relu(self._apply(first, x, weights, training))
+      y = self._apply(second, y, weights, training)
+      if shortcut is not None:
+        x = self._apply(shortcut, x, weights, training)
+      x = tf.nn.relu(y + x)
+    return self.avgpool(x)
+
+  def call(self, images, head=0, training=False, weights=None):
+    if weights is None:
+      weights = self.target_weights(images)
+    return self.heads[head](self.features(images, weights, training))
+
+  def build_all(self, input_shape):
+    zeros = tf.zeros((2,) + tuple(input_shape))
+    self.assignments(zeros)
+    features = self.features(zeros, self.target_weights(zeros))
+    for head in self.heads:
+      head(features)
+    self.built = True
+
+  def copy_trunk_weights(self, trunk):
+    """Takes a `resnet.resnet18_trunk`'s weights (class docstring)."""
+    for _, conv, norm in self.units:
+      conv.kernel.assign(trunk.get_layer(conv.name).kernel)
+      bn = trunk.get_layer(norm.name)
+      norm.gamma.assign(bn.gamma)
+      norm.beta.assign(bn.beta)
+      domains = norm.num_domains
+      norm.moving_mean.assign(tf.tile(bn.moving_mean[None], [domains, 1]))
+      norm.moving_variance.assign(
+          tf.tile(bn.moving_variance[None], [domains, 1]))
+
+
 class MDDATask(MultiSourceTask):
   """MDDA's network and step on sources, V and U."""
 
   def build_model(self):
     model_config = self.config.model
-    model = MDDANet(self.data.num_classes_per_head,
-                    latent_domains=int(self.config.mdda.latent_domains),
+    input_shape = tuple(self.config.input_shape)
+    domains = int(self.config.mdda.latent_domains)
+    if model_config.name == "resnet18":
+      model = MDDAResNet18(self.data.num_classes_per_head,
+                           latent_domains=domains, name="mdda")
+      model.build_all(input_shape)
+      weights = model_config.get("weights", "")
+      if weights and weights != "random":
+        trunk = resnet.resnet18_trunk(input_shape)
+        resnet.load_trunk_weights(trunk, weights)
+        model.copy_trunk_weights(trunk)
+      return model
+    model = MDDANet(self.data.num_classes_per_head, latent_domains=domains,
                     widths=tuple(model_config.widths),
                     units=int(model_config.units), name="mdda")
-    model.build_all(tuple(self.config.input_shape))
+    model.build_all(input_shape)
     return model
 
   def make_phases(self):
@@ -197,7 +338,6 @@ class MDDATask(MultiSourceTask):
     mdda = self.config.mdda
     model = self.model
     target = self.data.target_head
-    v_count = len(self.data.v.labels)
 
     def step(indices):
       *source_indices, u_index = indices
@@ -206,7 +346,9 @@ class MDDATask(MultiSourceTask):
       labels = [tf.gather(y, i) for y, i in zip(self.source_labels,
                                                   source_indices)]
       sizes = [int(i.shape[0]) for i in source_indices]
-      target_images = tf.concat([self.v_images,
+      v_images, v_labels = self.validation_images()
+      v_count = tf.shape(v_labels)[0]
+      target_images = tf.concat([v_images,
                                  tf.gather(self.u_images, u_index)], 0)
       with tf.GradientTape() as tape:
         batch = tf.concat(images, 0)
@@ -220,7 +362,7 @@ class MDDATask(MultiSourceTask):
         target_logits = model.heads[target](model.features(
             target_images, model.target_weights(target_images),
             training=True))
-        val_loss = cross_entropy(self.v_labels, target_logits[:v_count])
+        val_loss = cross_entropy(v_labels, target_logits[:v_count])
         u_entropy = tf.reduce_mean(entropy(tf.nn.softmax(
             target_logits[v_count:])))
         discovery = domain_discovery_loss(weights)

@@ -1,6 +1,7 @@
 """MDDA: weighted batch-norm statistics and the domain-discovery loss by
 hand, inference on the running statistics, and a run of the trainer."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,3 +76,30 @@ def test_trainer_runs_mdda(tmp_path):
   # The target's own statistics were updated by the target batches.
   assert not np.allclose(trainer.model.norms[0].moving_mean.numpy()[-1],
                          target_stats)
+
+
+def test_mdda_resnet18_with_one_domain_is_the_resnet18_trunk():
+  # ImageNet-style weights (random here, moving statistics included) copied
+  # from a plain ResNet-18 trunk: with one-hot domain weights and training
+  # off, every mDA layer is that batch norm, so the features are the
+  # trunk's, for the target's own domain and for a latent source domain.
+  from gradmix_tf import resnet  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  trunk = resnet.resnet18_trunk((32, 32, 3))
+  for layer in trunk.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      channels = layer.gamma.shape[0]
+      layer.gamma.assign(rng.uniform(0.5, 1.5, channels))
+      layer.beta.assign(rng.normal(0, 0.1, channels))
+      layer.moving_mean.assign(rng.normal(0, 0.1, channels))
+      layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels))
+  model = mdda.MDDAResNet18((5, 3), latent_domains=2)
+  model.build_all((32, 32, 3))
+  model.copy_trunk_weights(trunk)
+  images = tf.constant(rng.integers(0, 256, (3, 32, 32, 3)), tf.float32)
+  expected = trunk(images, training=False).numpy()
+  for domain in (2, 0):            # the target's statistics; a source's
+    weights = tf.one_hot([domain] * 3, 3)
+    np.testing.assert_allclose(
+        model.features(images, weights, training=False).numpy(), expected,
+        rtol=1e-4, atol=1e-5)
