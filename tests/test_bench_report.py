@@ -310,3 +310,24 @@ def test_solver_record_of_a_tiny_run_matches_its_steps(tmp_path):
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   assert np.all(np.abs(cosines) <= 1.0 + 1e-6)
   assert int(trainer.step.numpy()) == 4
+
+
+def test_fig3_averages_the_curves_of_finished_runs(tmp_path):
+  fig3 = _load("fig3")
+  table1 = _load("table1")
+  for seed, losses in ((0, [1.0, 0.5]), (1, [3.0, 0.5]), (2, [9.0])):
+    run = table1.run_dir(str(tmp_path), "gradmix", 2, seed)
+    os.makedirs(run)
+    steps = [100 * (i + 1) for i in range(len(losses))]
+    with open(os.path.join(run, "metrics.json"), "w") as f:
+      json.dump({"hyperval_curve": [[s, l, 0.5]
+                                    for s, l in zip(steps, losses)]}, f)
+  # Seed 2 stopped early (another evaluation grid): left out; seed 3 absent.
+  steps, losses, found = fig3.curves(str(tmp_path), "gradmix", 2,
+                                     [0, 1, 2, 3])
+  assert found == [0, 1]
+  np.testing.assert_array_equal(steps, [100, 200])
+  np.testing.assert_array_equal(losses.mean(0), [2.0, 0.5])
+  path = str(tmp_path / "fig3.png")
+  counts = fig3.plot(str(tmp_path), ["gradmix"], [2], [0, 1, 2, 3], path)
+  assert counts == {("gradmix", 2): 2} and os.path.getsize(path) > 0
