@@ -155,7 +155,13 @@ statistics (the latent source domains and the target's own), mixed by each
 source image's assignment from the domain branch (on the raw image), with
 shared gamma and beta; the ImageNet weights are copied into it, each batch
 norm's moving statistics into every domain, so it starts as the ImageNet
-network. EnergyNet is not implemented yet.
+network. VAT and MixMatch take U as the other methods do: U holds one
+middle frame of each training clip, so a step's U batch (`batch_size`
+images) is one frame of each of `batch_size` clips; MixMatch's labelled
+batch is this step's V frames. EnergyNet is not implemented: its paper's
+method section (the energy function, the two losses and their margins,
+how a frame is classified) is not reachable from our machines, only its
+abstract and a third-party summary.
 
 Differences from the paper to know about: per-video accuracy averages
 `actions.test_frames_per_clip` (default 5) evenly spaced frames per video,
