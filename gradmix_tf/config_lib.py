@@ -379,7 +379,8 @@ def _check_role(name, role):
   dataset = role.get("dataset")
   if not isinstance(dataset, str) or not dataset:
     raise ConfigError(f"config.{name}.dataset must name a dataset (mnist, "
-                      f"mnistm, svhn, npz:<path>), got {dataset!r}")
+                      "mnistm, svhn, npz:<path>, tfds:<name>), got "
+                      f"{dataset!r}")
   classes = role.get("classes")
   if (not isinstance(classes, (tuple, list)) or not classes or
       any(isinstance(c, bool) or not isinstance(c, int) or c < 0

@@ -246,3 +246,44 @@ def test_digits_mnistm_mnist_halves_share_no_digit():
   assert digit_ids(s2.x, inverted=False) == set(
       np.flatnonzero(mnist.y_train < 5).tolist())
   assert len(data.test.labels) == 25
+
+
+def _prepared_tfds(data_dir, name, splits):
+  """A TFDS dataset prepared under `<data_dir>/tfds` from arrays."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.dataset_builders.TfDataBuilder(
+      name=name, version="1.0.0", data_dir=os.path.join(data_dir, "tfds"),
+      split_datasets={
+          split: tf.data.Dataset.from_tensor_slices(
+              {"image": x, "label": y}) for split, (x, y) in splits.items()},
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(num_classes=3)}))
+  builder.download_and_prepare()
+
+
+def test_a_prepared_tfds_dataset_is_a_spec(tmp_path):
+  from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  train = (rng.integers(0, 256, (6, 8, 8, 1)).astype(np.uint8),
+           np.array([0, 1, 2, 0, 1, 2]))
+  test = (rng.integers(0, 256, (3, 8, 8, 1)).astype(np.uint8),
+          np.array([2, 1, 0]))
+  _prepared_tfds(str(tmp_path), "tiny_digits",
+                 {"train": train, "test": test})
+  dataset = specs.load_dataset("tfds:tiny_digits", str(tmp_path), "")
+  order = np.argsort([img.tobytes() for img in dataset.x_train])
+  want = np.argsort([img.tobytes() for img in train[0]])
+  np.testing.assert_array_equal(dataset.x_train[order], train[0][want])
+  np.testing.assert_array_equal(dataset.y_train[order], train[1][want])
+  assert dataset.y_test.dtype == np.int64 and len(dataset.y_test) == 3
+  half = specs.load_dataset("tfds:tiny_digits:train[:50%]", str(tmp_path),
+                            "")
+  assert len(half.y_train) == 3
+  with pytest.raises(DataError, match=r"tfds build mnist --data_dir=.*tfds"):
+    specs.load_dataset("tfds:mnist", str(tmp_path), "")   # never downloads
+  with pytest.raises(DataError, match="TFDS has no such dataset"):
+    specs.load_dataset("tfds:other_digits", str(tmp_path), "")
+  with pytest.raises(DataError, match="split 'validation'"):
+    specs.load_dataset("tfds:tiny_digits:validation", str(tmp_path), "")

@@ -12,6 +12,8 @@ load_dataset` dispatches on it):
 * ``mnistm``: MNIST-M built from MNIST and the BSDS500 train photos
   (`bsds500_train.npz`), see `gradmix_tf.data.mnistm`; cached.
 * ``npz:<path>``: any `.npz` with `x_train, y_train, x_test, y_test`.
+* ``tfds:<name>[:<split>]``: a prepared TensorFlow Datasets dataset
+  (`gradmix_tf.data.specs`).
 
 Images are `uint8` NHWC, labels `int64`. `conform_images` brings any of them
 to a model's input size and channel count.
@@ -89,7 +91,7 @@ def load_npz(path, name=None):
           zlib.error) as err:
     raise DataError(f"{path} is not a readable .npz file ({err}); "
                     "re-create or re-copy it") from None
-  return _checked(name or path, **arrays)
+  return checked_dataset(name or path, **arrays)
 
 
 def load_mnist(data_dir):
@@ -108,7 +110,7 @@ def load_mnist(data_dir):
     arrays[key] = read_idx(path)
   arrays["x_train"] = arrays["x_train"][..., None]
   arrays["x_test"] = arrays["x_test"][..., None]
-  return _checked("mnist", **arrays)
+  return checked_dataset("mnist", **arrays)
 
 
 def read_idx(path):
@@ -140,7 +142,7 @@ def load_svhn(data_dir):
   if all(os.path.isfile(p) for p in paths.values()):
     x_train, y_train = read_svhn_mat(paths["train"])
     x_test, y_test = read_svhn_mat(paths["test"])
-    return _checked("svhn", x_train, y_train, x_test, y_test)
+    return checked_dataset("svhn", x_train, y_train, x_test, y_test)
   tfds_dataset = _svhn_from_tfds(os.path.join(data_dir, "tfds"))
   if tfds_dataset is not None:
     return tfds_dataset
@@ -180,7 +182,7 @@ def _svhn_from_tfds(tfds_dir):
                                    data_dir=tfds_dir, download=False,
                                    batch_size=-1))
     splits[split] = (data["image"], data["label"].astype(np.int64))
-  return _checked("svhn", *splits["train"], *splits["test"])
+  return checked_dataset("svhn", *splits["train"], *splits["test"])
 
 
 def _first_existing(directory, names):
@@ -191,7 +193,7 @@ def _first_existing(directory, names):
   return None
 
 
-def _checked(name, x_train, y_train, x_test, y_test):
+def checked_dataset(name, x_train, y_train, x_test, y_test):
   """Validates shapes and dtypes; grey images get a channel axis."""
   arrays = []
   for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
