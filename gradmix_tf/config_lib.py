@@ -379,7 +379,8 @@ def _check_role(name, role):
   dataset = role.get("dataset")
   if not isinstance(dataset, str) or not dataset:
     raise ConfigError(f"config.{name}.dataset must name a dataset (mnist, "
-                      "mnistm, svhn, npz:<path>, tfds:<name>), got "
+                      "mnistm, svhn, npz:<path>, folder:<path>, "
+                      "tfds:<name>), got "
                       f"{dataset!r}")
   classes = role.get("classes")
   if (not isinstance(classes, (tuple, list)) or not classes or

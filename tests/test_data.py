@@ -287,3 +287,57 @@ def test_a_prepared_tfds_dataset_is_a_spec(tmp_path):
     specs.load_dataset("tfds:other_digits", str(tmp_path), "")
   with pytest.raises(DataError, match="split 'validation'"):
     specs.load_dataset("tfds:tiny_digits:validation", str(tmp_path), "")
+
+
+def _image_folder(root, classes, per_class, size=(8, 8), broken=None):
+  """PNG images of random pixels in `<root>/<class>/`; returns them."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(len(root))
+  written = {}
+  for name in classes:
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(per_class):
+      image = rng.integers(0, 256, size + (3,)).astype(np.uint8)
+      with open(os.path.join(root, name, f"{i:03d}.png"), "wb") as f:
+        f.write(tf.io.encode_png(image).numpy())
+      written[(name, i)] = image
+  if broken:
+    with open(os.path.join(root, classes[0], broken), "wb") as f:
+      f.write(b"not a png")
+  return written
+
+
+def test_an_image_folder_is_a_spec(tmp_path):
+  from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
+  # Integer class folders hold their labels; train/test split folders.
+  train = _image_folder(str(tmp_path / "digits" / "train"), ["5", "7"], 3)
+  _image_folder(str(tmp_path / "digits" / "test"), ["7"], 2)
+  dataset = specs.load_dataset(f"folder:{tmp_path / 'digits'}", "", "")
+  assert dataset.y_train.tolist() == [5, 5, 5, 7, 7, 7]
+  np.testing.assert_array_equal(dataset.x_train[4], train[("7", 1)])
+  assert dataset.y_test.tolist() == [7, 7]
+  # Named class folders: labels in sorted order; no split folders: all train.
+  _image_folder(str(tmp_path / "named"), ["zebra", "apple"], 2)
+  named = specs.load_dataset(f"folder:{tmp_path / 'named'}", "", "")
+  assert named.y_train.tolist() == [0, 0, 1, 1]       # apple, zebra
+  assert len(named.y_test) == 0
+  assert specs.folder_labels(["b", "a"]) == {"a": 0, "b": 1}
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("empty", "no class sub-folders"),
+    ("no_images", "no images"),
+    ("broken", "cannot read image .*broken.png"),
+    ("missing", "is not a folder")])
+def test_bad_image_folders_are_one_error_line(tmp_path, layout, message):
+  from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "data"
+  if layout != "missing":
+    root.mkdir()
+  if layout == "no_images":
+    (root / "cat").mkdir()
+    (root / "cat" / "notes.txt").write_text("x")
+  if layout == "broken":
+    _image_folder(str(root), ["cat"], 1, broken="broken.png")
+  with pytest.raises(DataError, match=message):
+    specs.load_dataset(f"folder:{root}", "", "")

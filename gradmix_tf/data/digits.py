@@ -12,7 +12,8 @@ load_dataset` dispatches on it):
 * ``mnistm``: MNIST-M built from MNIST and the BSDS500 train photos
   (`bsds500_train.npz`), see `gradmix_tf.data.mnistm`; cached.
 * ``npz:<path>``: any `.npz` with `x_train, y_train, x_test, y_test`.
-* ``tfds:<name>[:<split>]``: a prepared TensorFlow Datasets dataset
+* ``folder:<path>``: an image folder, one sub-folder per class, and
+  ``tfds:<name>[:<split>]``: a prepared TensorFlow Datasets dataset
   (`gradmix_tf.data.specs`).
 
 Images are `uint8` NHWC, labels `int64`. `conform_images` brings any of them

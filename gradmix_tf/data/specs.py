@@ -1,5 +1,5 @@
-"""A dataset by its spec: `mnist`, `svhn`, `mnistm`, `npz:<path>` or
-`tfds:<name>[:<split>]`.
+"""A dataset by its spec: `mnist`, `svhn`, `mnistm`, `npz:<path>`,
+`folder:<path>` or `tfds:<name>[:<split>]`.
 
 The one place that knows every digit dataset (`digits` reads MNIST, SVHN
 and `.npz` files; `mnistm` builds MNIST-M from MNIST), so neither of those
@@ -12,6 +12,15 @@ machine that can download; nothing is downloaded here), with `image` and
 one) tests. `tfds:<name>:<split>` trains on `<split>` instead (any TFDS
 split string, e.g. `train[:50%]`). The images are read into memory, as
 every digit dataset is (the streaming path for large sets is issue 21's).
+
+`folder:<path>` is an image folder as Keras' `image_dataset_from_directory`
+lays it out: one sub-folder per class, `<path>/<class>/*.{png,jpg,...}`,
+the whole folder training (no test images); or `<path>/train/<class>/...`
+and `<path>/test/<class>/...`. A class folder named by an integer holds that
+label (`classes=(5, 6, 7, 8, 9)` selects folders `5`..`9`); otherwise the
+class folders are labelled 0, 1, ... in sorted order (logged). Images are
+decoded with `tf.io.decode_image` and brought to the first image's size
+(antialiased bilinear) when sizes differ; read into memory.
 """
 
 import os
@@ -34,6 +43,8 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
   """
   if spec.startswith("npz:"):
     return digits.load_npz(spec[len("npz:"):], name=spec)
+  if spec.startswith("folder:"):
+    return load_folder(spec[len("folder:"):], spec)
   if spec.startswith("tfds:"):
     name, _, split = spec[len("tfds:"):].partition(":")
     return load_tfds(name, split or "train", os.path.join(data_dir, "tfds"),
@@ -45,8 +56,8 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
   if spec == "mnistm":
     return mnistm.load_mnistm(data_dir, cache_dir, seed=mnistm_seed)
   raise DataError(
-      f"unknown dataset {spec!r}: use mnist, svhn, mnistm, npz:<path> or "
-      "tfds:<name>[:<split>]")
+      f"unknown dataset {spec!r}: use mnist, svhn, mnistm, npz:<path>, "
+      "folder:<path> or tfds:<name>[:<split>]")
 
 
 def load_tfds(name, train_split, tfds_dir, spec):
@@ -89,3 +100,88 @@ def load_tfds(name, train_split, tfds_dir, spec):
     x_test = np.zeros((0,) + x_train.shape[1:], x_train.dtype)
     y_test = np.zeros(0, np.int64)
   return digits.checked_dataset(spec, x_train, y_train, x_test, y_test)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def folder_labels(class_dirs):
+  """`{class folder name: label}`: integer names are their labels, other
+  names 0, 1, ... in sorted order."""
+  if all(name.isdigit() for name in class_dirs):
+    return {name: int(name) for name in class_dirs}
+  return {name: label for label, name in enumerate(sorted(class_dirs))}
+
+
+def load_folder(path, spec):
+  """An image folder (module docstring) as a `DigitDataset`."""
+  if not os.path.isdir(path):
+    raise DataError(f"{spec!r}: {path} is not a folder")
+  split_dirs = {split: os.path.join(path, split) for split in ("train", "test")}
+  if all(os.path.isdir(d) for d in split_dirs.values()):
+    roots = split_dirs
+  else:
+    roots = {"train": path, "test": None}
+  train_classes = _class_dirs(roots["train"], spec)
+  labels = folder_labels(train_classes)
+  if not all(name.isdigit() for name in train_classes):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.info("%s: class folders labelled %s", spec, labels)
+  x_train, y_train = _read_split(roots["train"], labels, spec)
+  if roots["test"] is None:
+    x_test = np.zeros((0,) + x_train.shape[1:], np.uint8)
+    y_test = np.zeros(0, np.int64)
+  else:
+    unknown = sorted(set(_class_dirs(roots["test"], spec)) - set(labels))
+    if unknown:
+      raise DataError(f"{spec!r}: test class folders {unknown} are not "
+                      "train class folders")
+    x_test, y_test = _read_split(roots["test"], labels, spec,
+                                 size=x_train.shape[1:3])
+  return digits.checked_dataset(spec, x_train, y_train, x_test, y_test)
+
+
+def _class_dirs(root, spec):
+  names = sorted(name for name in os.listdir(root)
+                 if os.path.isdir(os.path.join(root, name)))
+  if not names:
+    raise DataError(
+        f"{spec!r}: {root} has no class sub-folders: put each class's "
+        "images in a folder of its own (<folder>/<class>/<image>)")
+  return names
+
+
+def _read_split(root, labels, spec, size=None):
+  """`(images [N, H, W, C] uint8, labels [N])` of one split's folders."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  images, targets = [], []
+  for name, label in labels.items():
+    directory = os.path.join(root, name)
+    if not os.path.isdir(directory):
+      continue
+    for file in sorted(os.listdir(directory)):
+      if not file.lower().endswith(IMAGE_SUFFIXES):
+        continue
+      file_path = os.path.join(directory, file)
+      try:
+        with open(file_path, "rb") as f:
+          image = tf.io.decode_image(f.read(), channels=0,
+                                     expand_animations=False)
+      except (OSError, tf.errors.InvalidArgumentError) as err:
+        raise DataError(f"{spec!r}: cannot read image {file_path} "
+                        f"({getattr(err, 'message', err)}); replace or "
+                        "remove it") from None
+      if size is None:
+        size = tuple(image.shape[:2])
+      if tuple(image.shape[:2]) != tuple(size):
+        image = tf.cast(tf.round(tf.clip_by_value(tf.image.resize(
+            image, size, antialias=True), 0, 255)), tf.uint8)
+      images.append(image.numpy())
+      targets.append(label)
+  if not images:
+    raise DataError(f"{spec!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                    f"the class folders of {root}")
+  channels = max(image.shape[-1] for image in images)
+  images = [np.repeat(image, channels, -1) if image.shape[-1] == 1 else image
+            for image in images]
+  return np.stack(images), np.asarray(targets, np.int64)
