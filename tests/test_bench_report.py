@@ -331,3 +331,22 @@ def test_fig3_averages_the_curves_of_finished_runs(tmp_path):
   path = str(tmp_path / "fig3.png")
   counts = fig3.plot(str(tmp_path), ["gradmix"], [2], [0, 1, 2, 3], path)
   assert counts == {("gradmix", 2): 2} and os.path.getsize(path) > 0
+
+
+def test_archive_keeps_finished_runs_without_checkpoints(tmp_path):
+  archive_runs = _load("archive_runs")
+  runs = tmp_path / "runs"
+  done = runs / "gradmix" / "k2_seed0"
+  (done / "tb").mkdir(parents=True)
+  (done / "checkpoints").mkdir()
+  for name in ("metrics.json", "config.json", "tb/events", "checkpoints/c"):
+    (done / name).write_text("{}")
+  unfinished = runs / "gradmix" / "k2_seed1"
+  unfinished.mkdir()
+  (unfinished / "config.json").write_text("{}")
+  out = tmp_path / "archive"
+  assert archive_runs.archive(str(runs), str(out)) == 1
+  kept = out / "gradmix" / "k2_seed0"
+  assert (kept / "metrics.json").exists() and (kept / "tb" / "events").exists()
+  assert not (kept / "checkpoints").exists()
+  assert not (out / "gradmix" / "k2_seed1").exists()
