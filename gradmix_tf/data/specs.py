@@ -60,25 +60,30 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
       "folder:<path> or tfds:<name>[:<split>]")
 
 
+def _not_prepared(spec, name, tfds_dir):
+  return (f"{spec!r}: TFDS dataset {name!r} is not prepared under "
+          f"{tfds_dir} (nothing is downloaded here): run `tfds build {name} "
+          f"--data_dir={tfds_dir}` on a machine that can download, and copy "
+          "the folder here")
+
+
 def load_tfds(name, train_split, tfds_dir, spec):
   """A prepared TFDS dataset's `train_split` and `test` split (module
   docstring) as a `DigitDataset`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if not name:
     raise DataError(f"{spec!r}: name the dataset, tfds:<name>[:<split>]")
-  try:
-    builder = tfds.builder(name, data_dir=tfds_dir)
-  except tfds.core.registered.DatasetNotFoundError:
+  if not os.path.isdir(os.path.join(tfds_dir, name)):
+    known = tfds.list_builders(with_community_datasets=False)
+    if name.split("/")[0] in known:
+      raise DataError(_not_prepared(spec, name, tfds_dir))
     raise DataError(
         f"{spec!r}: no dataset {name!r} is prepared under {tfds_dir}, and "
         "TFDS has no such dataset to build: check the name (tfds.list_"
-        "builders()) or prepare your own there") from None
+        "builders()) or prepare your own there")
+  builder = tfds.builder(name, data_dir=tfds_dir)
   if not builder.is_prepared():
-    raise DataError(
-        f"{spec!r}: TFDS dataset {name!r} is not prepared under {tfds_dir} "
-        f"(nothing is downloaded here): run `tfds build {name} "
-        f"--data_dir={tfds_dir}` on a machine that can download, and copy "
-        "the folder here")
+    raise DataError(_not_prepared(spec, name, tfds_dir))
   missing = [f for f in TFDS_FEATURES if f not in builder.info.features]
   if missing:
     raise DataError(
