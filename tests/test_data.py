@@ -341,3 +341,14 @@ def test_bad_image_folders_are_one_error_line(tmp_path, layout, message):
     _image_folder(str(root), ["cat"], 1, broken="broken.png")
   with pytest.raises(DataError, match=message):
     specs.load_dataset(f"folder:{root}", "", "")
+
+
+def test_an_unprepared_tfds_role_is_one_error_line_from_the_launcher(
+    tmp_path):
+  from conftest import assert_one_error_line, run_module  # pylint: disable=g-import-not-at-top
+  result = run_module("gradmix_tf.launch", "--config=digits_mnistm",
+                      "--config.sources.s1.dataset=tfds:mnist",
+                      f"--config.data_dir={tmp_path}",
+                      f"--workdir={tmp_path / 'run'}")
+  assert_one_error_line(result, "tfds build mnist", str(tmp_path / "tfds"))
+  assert not (tmp_path / "run").exists()
