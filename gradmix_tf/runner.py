@@ -33,7 +33,7 @@ from gradmix_tf import finite_steps
 from gradmix_tf import methods
 from gradmix_tf import model_description
 from gradmix_tf.errors import ConfigError, TrainingError
-from gradmix_tf.evaluation import in_batches, video_accuracy
+from gradmix_tf.evaluation import EVAL_BATCH, in_batches, video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
 from gradmix_tf.task import RunSetup
@@ -193,13 +193,23 @@ class Runner:
                       images)
 
   def evaluate(self, split):
-    """(loss, accuracy) of the target head on a labelled set."""
+    """(loss, accuracy) of the target head on a labelled set.
+
+    The loss is summed in float32 over each batch of `EVAL_BATCH` and the
+    batch sums in float64, then divided by the count (the same arithmetic
+    as before the Task / Runner split, so metrics are bit-identical).
+    """
     if not len(split):
       return 0.0, 0.0
     probs = self.probabilities(split.images)
-    picked = probs[np.arange(len(split)), split.labels].astype(np.float64)
-    loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
-    return loss, float((probs.argmax(-1) == split.labels).mean())
+    labels = split.labels
+    picked = probs[np.arange(len(split)), labels]
+    total_loss = sum(
+        float(-np.log(np.maximum(picked[start:start + EVAL_BATCH],
+                                 1e-12)).sum())
+        for start in range(0, len(split), EVAL_BATCH))
+    correct = int((probs.argmax(-1) == labels).sum())
+    return total_loss / len(split), correct / len(split)
 
   # -- The loop ---------------------------------------------------------------
 
