@@ -157,14 +157,14 @@ Same splits, network and {steps} steps as the upper block; test accuracy
 (%) after the last step and at the best-H step, mean ± standard error over
 seeds. MME uses S1 (MNIST 5-9, the target's label space), V and U, with a
 cosine classifier (T = 0.05), entropy weight 0.1, SGD lr 0.01 momentum 0.9
-(`gradmix_tf/mme.py`). MDDA uses S1, S2, V and U: mDA batch norm after every
+(`gradmix_tf/tasks/mme.py`). MDDA uses S1, S2, V and U: mDA batch norm after every
 layer of the trunk with 2 latent source domains found by its assignment
 branch and the target's own statistics, target-entropy and
 domain-discovery weights 0.1, SGD lr 0.05 momentum 0.9
-(`gradmix_tf/mdda.py`). DCTN uses S1, S2, V and U: one classifier and one
+(`gradmix_tf/tasks/mdda.py`). DCTN uses S1, S2, V and U: one classifier and one
 discriminator per source, the perplexity-weighted cocktail as the target
 prediction, adversarial weight 0.1, pseudo-labels of U at confidence 0.9
-after step 500, SGD lr 0.05 momentum 0.9 (`gradmix_tf/dctn.py`). GradMix
+after step 500, SGD lr 0.05 momentum 0.9 (`gradmix_tf/tasks/dctn.py`). GradMix
 w/ VAT / MixMatch mix the unlabelled loss on a U batch as a third source
 (`gradmix_tf/semi_supervised.py`; VAT eps 1.0, xi 1e-3; MixMatch K 2, T
 0.5, alpha 0.75, lambda_u 10 ramped over 1000 steps: the digits_mnistm

@@ -22,7 +22,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.multi_source_task import MultiSourceTask  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.tasks.multi_source import MultiSourceTask  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.runner import Runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -83,7 +83,7 @@ Test accuracy (%), mean ± standard error over seeds (the seed draws the
 labelled images, the initial weights and the batches). "seen" / "unseen":
 images of digits 0-4 / 5-9, argmax over all ten classes; "among seen" /
 "among unseen": argmax over that subset's logits only. Methods and choices:
-`gradmix_tf/holistic.py`; config: `configs/holistic_digits.py`.
+`gradmix_tf/tasks/holistic.py`; config: `configs/holistic_digits.py`.
 
 {table}
 

@@ -53,7 +53,7 @@ from gradmix_tf.models import AllHeads  # pylint: disable=g-import-not-at-top,wr
 from gradmix_tf.multi_source_model import MultiSourceModel, as_fit_element  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gradmix_tf.multi_source_task import make_gradmix  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gradmix_tf.tasks.multi_source import make_gradmix  # pylint: disable=g-import-not-at-top,wrong-import-position
 from report import replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> config overrides of digits_mnistm

@@ -1,6 +1,6 @@
 """holistic_digits: MNIST (10 classes) -> MNIST-M with labels for 5 classes.
 
-Holistic transfer (`gradmix_tf/holistic.py`): a 10-class digit ConvNet is
+Holistic transfer (`gradmix_tf/tasks/holistic.py`): a 10-class digit ConvNet is
 pre-trained on MNIST train (half 0 of its images), then adapted to MNIST-M
 (built from the other half) with `per_class` labelled images of the seen
 classes 0-4 only, and tested on MNIST-M built from MNIST test, all ten

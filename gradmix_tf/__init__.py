@@ -28,7 +28,7 @@ _LAZY = {
     "solve_mix_weights": "gradmix_tf.solvers",
     "Phase": "gradmix_tf.task",
     "Task": "gradmix_tf.task",
-    "MultiSourceTask": "gradmix_tf.multi_source_task",
+    "MultiSourceTask": "gradmix_tf.tasks.multi_source",
     "Runner": "gradmix_tf.runner",
     "build_runner": "gradmix_tf.runner",
     "run_method": "gradmix_tf.runner",

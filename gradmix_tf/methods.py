@@ -17,7 +17,7 @@ experiment         what it is (`config.experiment`)
 =================  ==========================================================
 ``digits``         digit transfer (`gradmix_tf/data/experiment.py`)
 ``actions``        UCF101 from web images (`gradmix_tf/data/actions.py`)
-``holistic``       partial-label adaptation (`gradmix_tf/holistic.py`)
+``holistic``       partial-label adaptation (`gradmix_tf/tasks/holistic.py`)
 =================  ==========================================================
 """
 
@@ -26,8 +26,8 @@ import importlib
 
 EXPERIMENTS = ("digits", "actions", "holistic")
 _STILL_AND_VIDEO = ("digits", "actions")
-_MULTI_SOURCE = "gradmix_tf.multi_source_task:MultiSourceTask"
-_HOLISTIC = "gradmix_tf.holistic:HolisticTask"
+_MULTI_SOURCE = "gradmix_tf.tasks.multi_source:MultiSourceTask"
+_HOLISTIC = "gradmix_tf.tasks.holistic:HolisticTask"
 _PSEUDO_LABELS = "gradmix_tf.pipeline:run_pseudo_label_pipeline"
 
 
@@ -110,7 +110,7 @@ GRADMF_DEFAULTS = dict(steps=1, angle_threshold=0.0, mode="global",
                        update_rule="projection")
 
 REGISTRY = (
-    # gradmix_tf/multi_source_task.py
+    # gradmix_tf/tasks/multi_source.py
     Method("target_only", _STILL_AND_VIDEO, _MULTI_SOURCE),
     Method("source_only", _STILL_AND_VIDEO, _MULTI_SOURCE),
     Method("fine_tune", _STILL_AND_VIDEO, _MULTI_SOURCE),
@@ -125,15 +125,16 @@ REGISTRY = (
     Method("gradmix_mixmatch", _STILL_AND_VIDEO, _MULTI_SOURCE,
            section="mixmatch", section_defaults=MIXMATCH_DEFAULTS,
            needs_unlabelled=True),
-    # gradmix_tf/mme.py, mdda.py, dctn.py
-    Method("mme", ("digits",), "gradmix_tf.mme:MMETask", section="mme",
+    # gradmix_tf/tasks/mme.py, mdda.py, dctn.py
+    Method("mme", ("digits",), "gradmix_tf.tasks.mme:MMETask",
+           section="mme",
            section_defaults=MME_DEFAULTS, needs_unlabelled=True,
            multi_replica=False),
-    Method("mdda", _STILL_AND_VIDEO, "gradmix_tf.mdda:MDDATask",
+    Method("mdda", _STILL_AND_VIDEO, "gradmix_tf.tasks.mdda:MDDATask",
            section="mdda",
            section_defaults=MDDA_DEFAULTS, needs_unlabelled=True,
            multi_replica=False),
-    Method("dctn", _STILL_AND_VIDEO, "gradmix_tf.dctn:DCTNTask",
+    Method("dctn", _STILL_AND_VIDEO, "gradmix_tf.tasks.dctn:DCTNTask",
            section="dctn",
            section_defaults=DCTN_DEFAULTS, needs_unlabelled=True,
            multi_replica=False),
@@ -144,7 +145,7 @@ REGISTRY = (
     Method("gradmix_soft_label", _STILL_AND_VIDEO, pipeline=_PSEUDO_LABELS,
            section="pseudo_label", section_defaults=PSEUDO_LABEL_DEFAULTS,
            needs_unlabelled=True),
-    # gradmix_tf/holistic.py (configs/holistic_digits.py defines its section)
+    # gradmix_tf/tasks/holistic.py (configs/holistic_digits.py has its section)
     *(Method(name, ("holistic",), _HOLISTIC, section="holistic",
              multi_replica=False)
       for name in ("source_only", "fine_tune", "frozen_classifier", "lolsgd",

@@ -8,7 +8,7 @@ holds), one persistent tape gives
 
 with `s` the optimizer's loss scale (the identity without mixed precision),
 and `GradMix.apply_gradmix([g_1..g_k], v, theta)` mixes and applies them
-(Eq. 6-10). `gradmix_tf.multi_source_task.MultiSourceTask` and
+(Eq. 6-10). `gradmix_tf.tasks.multi_source.MultiSourceTask` and
 `gradmix_tf.MultiSourceModel` both call `gradmix_step`, so the launcher's
 runs and `model.fit` take the same step.
 

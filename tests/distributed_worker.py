@@ -72,7 +72,7 @@ def _fit(trainer, data, config, strategy, streams, record):
   import keras  # pylint: disable=g-import-not-at-top
   import gradmix_tf  # pylint: disable=g-import-not-at-top
   from gradmix_tf.multi_source_model import as_fit_element  # pylint: disable=g-import-not-at-top
-  from gradmix_tf.multi_source_task import make_gradmix  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.tasks.multi_source import make_gradmix  # pylint: disable=g-import-not-at-top
   from gradmix_tf.models import AllHeads  # pylint: disable=g-import-not-at-top
   names = [s.name for s in data.sources]
   element = {n: (np.stack([s.x[i] for i in stream]),

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
-from gradmix_tf import dctn
+from gradmix_tf.tasks import dctn
 from gradmix_tf.runner import build_runner
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_holistic_config, tiny_holistic_data
-from gradmix_tf import holistic
+from gradmix_tf.tasks import holistic
 from gradmix_tf import methods
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.runner import Runner, build_runner

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
-from gradmix_tf import mdda
+from gradmix_tf.tasks import mdda
 from gradmix_tf.runner import build_runner
 
 # x = (1, 2, 3, 4), one channel; weights over two domains.

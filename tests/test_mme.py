@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config, tiny_data
-from gradmix_tf import mme
+from gradmix_tf.tasks import mme
 from gradmix_tf.losses import mean_prediction_entropy
 from gradmix_tf.runner import build_runner
 

@@ -15,7 +15,7 @@ from gradmix_tf.models import AllHeads
 from gradmix_tf.multi_source_model import as_fit_element
 from gradmix_tf.runner import build_runner
 from gradmix_tf.batches import batch_indices
-from gradmix_tf.multi_source_task import make_gradmix
+from gradmix_tf.tasks.multi_source import make_gradmix
 
 
 def _loss():

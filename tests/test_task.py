@@ -15,7 +15,7 @@ from gradmix_tf import methods
 from gradmix_tf import sgd
 from gradmix_tf.batches import batch_indices
 from gradmix_tf.errors import ConfigError
-from gradmix_tf.multi_source_task import MultiSourceTask
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 from gradmix_tf.runner import build_runner, run_method
 from gradmix_tf.task import Phase, Task
 

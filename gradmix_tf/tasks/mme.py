@@ -34,7 +34,7 @@ from gradmix_tf import models
 from gradmix_tf import sgd
 from gradmix_tf.losses import cross_entropy
 from gradmix_tf.losses import mean_prediction_entropy
-from gradmix_tf.multi_source_task import MultiSourceTask
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 
 
 def gradient_reversal(x, scale=1.0):

@@ -42,7 +42,7 @@ import tensorflow as tf
 from gradmix_tf import finite_steps
 from gradmix_tf import models
 from gradmix_tf import sgd
-from gradmix_tf.multi_source_task import MultiSourceTask
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 
 
 def cocktail_probabilities(scores, source_probs, membership):

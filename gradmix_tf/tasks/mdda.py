@@ -49,7 +49,7 @@ from gradmix_tf import resnet
 from gradmix_tf import sgd
 from gradmix_tf.losses import cross_entropy
 from gradmix_tf.losses import entropy
-from gradmix_tf.multi_source_task import MultiSourceTask
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 
 
 def weighted_moments(x, weights):

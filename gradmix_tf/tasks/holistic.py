@@ -67,7 +67,7 @@ from gradmix_tf.errors import ConfigError
 from gradmix_tf.evaluation import in_batches
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.losses import cross_entropy
-from gradmix_tf.multi_source_task import MultiSourceTask
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 from gradmix_tf.optimizer import GradMix
 from gradmix_tf.sgd import make_main_sgd, make_sgd
 
