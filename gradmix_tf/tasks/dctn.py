@@ -202,8 +202,7 @@ class DCTNTask(MultiSourceTask):
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
                                   self.variables, [total])
-      out = {f"loss/{s.name}": loss
-             for s, loss in zip(self.data.sources, losses)}
+      out = self.loss_outputs(losses)
       out["applied"] = applied
       out["stats/discriminator_applied"] = tf.cast(discriminator_applied,
                                                    tf.float32)

@@ -372,8 +372,7 @@ class MDDATask(MultiSourceTask):
       applied = self.apply_finite(optimizer,
                                   tape.gradient(total, self.variables),
                                   self.variables, [total])
-      out = {f"loss/{s.name}": loss
-             for s, loss in zip(self.data.sources, losses)}
+      out = self.loss_outputs(losses)
       out["applied"] = applied
       out["loss/validation"] = val_loss
       out["entropy/unlabelled"] = u_entropy
