@@ -5,7 +5,7 @@ exists), `metrics.json`, `config.json` and the TensorBoard scalars (`tb/`)
 to the same place under `--out`, leaving checkpoints behind:
 
     python bench/archive_runs.py --runs_dir=runs/health/digits_mnistm_mnist/default \
-        --out=docs/runs/health/digits_mnistm_mnist/default
+        --out=docs/run_records/health/digits_mnistm_mnist/default
 
 The reports read an archive as they read the runs (`bench/health.py
 --runs_dir=<archive> --report_only`, `bench/fig3.py --runs_dir=<archive>`),
