@@ -11,8 +11,8 @@ field by field, timings aside:
     python bench/behaviour_check.py --code=. --out=/tmp/check/new
     python bench/behaviour_check.py --compare=/tmp/check/old,/tmp/check/new
 
-`--methods_of=<commit's registry>` is not needed: a method the old code
-does not run is reported as such (exit status of its run), not compared.
+A method the old code does not run is reported as such (exit status of
+its run; no metrics.json to compare).
 """
 
 import argparse
@@ -89,10 +89,11 @@ def compare(first, second):
   for config, method, _ in CASES:
     paths = [os.path.join(d, config, method, "metrics.json")
              for d in (first, second)]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [d for d, p in zip((first, second), paths)
+               if not os.path.isfile(p)]
     if missing:
-      rows.append(f"| {config} | {method} | not run by "
-                  f"{', '.join(os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(p)))) for p in missing)} |")
+      rows.append(f"| {config} | {method} | no metrics.json in "
+                  f"{', '.join(missing)} |")
       continue
     a, b = (json.load(open(p)) for p in paths)
     found = differences(a, b)

@@ -65,20 +65,24 @@ def build_runner(config, data, workdir, strategy=None):
   if not entry.task:
     raise ConfigError(f"method {entry.name} runs several tasks in turn; "
                       "use run_method")
-  check_data(entry, data)
-  return Runner(entry.load()(config, data), workdir, strategy,
-                multi_replica=entry.multi_replica)
+  return _runner_of(entry, config, data, workdir, strategy)
 
 
 def run_method(config, data, workdir, strategy=None):
   """Trains `config.method` on `data` in `workdir`; returns (metrics, the
   runner or None for a pipeline)."""
   entry = method_entry(config)
-  check_data(entry, data)
   if entry.pipeline:
+    check_data(entry, data)
     return entry.load()(config, data, workdir, strategy), None
-  runner = build_runner(config, data, workdir, strategy)
+  runner = _runner_of(entry, config, data, workdir, strategy)
   return runner.run(), runner
+
+
+def _runner_of(entry, config, data, workdir, strategy):
+  check_data(entry, data)
+  return Runner(entry.load()(config, data), workdir, strategy,
+                multi_replica=entry.multi_replica)
 
 
 class Runner:

@@ -117,23 +117,22 @@ def domain_discovery_loss(weights):
       tf.reduce_mean(weights, 0))
 
 
-class MDDANet(keras.Model):
-  """The digit ConvNet with mDA layers, heads, and the assignment branch."""
+class MDDAModel(keras.Model):
+  """What both MDDA networks share: the domain-assignment branch on the raw
+  image, one head per label space, the target's one-hot domain weights.
 
-  def __init__(self, num_classes_per_head, latent_domains=2,
-               widths=(32, 32, 64, 64), units=128, **kwargs):
+  A subclass creates its layers (with `self.rescale` among them), calls
+  `add_branch_and_heads` last in `__init__`, and defines
+  `features(images, weights, training)`.
+  """
+
+  def __init__(self, latent_domains=2, **kwargs):
     super().__init__(**kwargs)
     self.latent_domains = int(latent_domains)
-    domains = self.latent_domains + 1      # + the target's own statistics
-    conv = dict(kernel_size=3, padding="same")
-    self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
-    self.convs = [keras.layers.Conv2D(w, name=f"conv{i + 1}", **conv)
-                  for i, w in enumerate(widths)]
-    self.fc1 = keras.layers.Dense(units, name="fc1")
-    self.norms = [WeightedBatchNorm(domains, name=f"mda{i + 1}")
-                  for i in range(len(widths) + 1)]
-    self.pool = keras.layers.MaxPooling2D(2)
-    self.flatten = keras.layers.Flatten()
+
+  def add_branch_and_heads(self, num_classes_per_head):
+    """The assignment branch (conv 16 3x3 ReLU, global average pool, dense
+    D) and the heads."""
     self.branch_conv = keras.layers.Conv2D(16, 3, padding="same",
                                            activation="relu",
                                            name="domain_conv")
@@ -159,15 +158,6 @@ class MDDANet(keras.Model):
     return tf.one_hot(tf.fill([tf.shape(images)[0]], self.latent_domains),
                       self.latent_domains + 1)
 
-  def features(self, images, weights, training=False):
-    x = self.rescale(images)
-    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-      x = tf.nn.relu(norm(conv(x), weights, training=training))
-      if i in (0, 2):
-        x = self.pool(x)
-    x = self.fc1(self.flatten(x))
-    return tf.nn.relu(self.norms[-1](x, weights, training=training))
-
   def call(self, images, head=0, training=False, weights=None):
     if weights is None:
       weights = self.target_weights(images)
@@ -182,7 +172,36 @@ class MDDANet(keras.Model):
     self.built = True
 
 
-class MDDAResNet18(keras.Model):
+class MDDANet(MDDAModel):
+  """The digit ConvNet with mDA layers, heads, and the assignment branch."""
+
+  def __init__(self, num_classes_per_head, latent_domains=2,
+               widths=(32, 32, 64, 64), units=128, **kwargs):
+    super().__init__(latent_domains, **kwargs)
+    domains = self.latent_domains + 1      # + the target's own statistics
+    conv = dict(kernel_size=3, padding="same")
+    self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    self.convs = [keras.layers.Conv2D(w, name=f"conv{i + 1}", **conv)
+                  for i, w in enumerate(widths)]
+    self.fc1 = keras.layers.Dense(units, name="fc1")
+    self.norms = [WeightedBatchNorm(domains, name=f"mda{i + 1}")
+                  for i in range(len(widths) + 1)]
+    self.pool = keras.layers.MaxPooling2D(2)
+    self.flatten = keras.layers.Flatten()
+    self.add_branch_and_heads(num_classes_per_head)
+
+  def features(self, images, weights, training=False):
+    x = self.rescale(images)
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+      x = tf.nn.relu(norm(conv(x), weights, training=training))
+      if i in (0, 2):
+        x = self.pool(x)
+    x = self.fc1(self.flatten(x))
+    return tf.nn.relu(self.norms[-1](x, weights, training=training))
+
+
+
+class MDDAResNet18(MDDAModel):
   """ResNet-18 (`gradmix_tf.resnet`) with an mDA layer in place of every
   batch norm, heads, and the domain-assignment branch.
 
@@ -195,8 +214,7 @@ class MDDAResNet18(keras.Model):
   """
 
   def __init__(self, num_classes_per_head, latent_domains=2, **kwargs):
-    super().__init__(**kwargs)
-    self.latent_domains = int(latent_domains)
+    super().__init__(latent_domains, **kwargs)
     domains = self.latent_domains + 1      # + the target's own statistics
     self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
     self.normalise = keras.layers.Normalization(
@@ -235,30 +253,7 @@ class MDDAResNet18(keras.Model):
         self.blocks.append((first, second, shortcut))
         channels = filters
     self.avgpool = keras.layers.GlobalAveragePooling2D(name="avgpool")
-    self.branch_conv = keras.layers.Conv2D(16, 3, padding="same",
-                                           activation="relu",
-                                           name="domain_conv")
-    self.branch_pool = keras.layers.GlobalAveragePooling2D()
-    self.branch_out = keras.layers.Dense(self.latent_domains,
-                                         name="domain_assignment")
-    self.num_classes_per_head = tuple(int(n) for n in num_classes_per_head)
-    for h, n in enumerate(self.num_classes_per_head):
-      setattr(self, f"head_{h}", keras.layers.Dense(n, name=f"head_{h}"))
-
-  @property
-  def heads(self):
-    return tuple(getattr(self, f"head_{h}")
-                 for h in range(len(self.num_classes_per_head)))
-
-  def assignments(self, images):
-    """Latent-domain assignment `[N, D]` of source images."""
-    x = self.branch_pool(self.branch_conv(self.rescale(images)))
-    return tf.nn.softmax(self.branch_out(x))
-
-  def target_weights(self, images):
-    """One-hot on the target's own statistics (the last domain)."""
-    return tf.one_hot(tf.fill([tf.shape(images)[0]], self.latent_domains),
-                      self.latent_domains + 1)
+    self.add_branch_and_heads(num_classes_per_head)
 
   @staticmethod
   def _apply(unit, x, weights, training):
@@ -279,18 +274,6 @@ class MDDAResNet18(keras.Model):
       x = tf.nn.relu(y + x)
     return self.avgpool(x)
 
-  def call(self, images, head=0, training=False, weights=None):
-    if weights is None:
-      weights = self.target_weights(images)
-    return self.heads[head](self.features(images, weights, training))
-
-  def build_all(self, input_shape):
-    zeros = tf.zeros((2,) + tuple(input_shape))
-    self.assignments(zeros)
-    features = self.features(zeros, self.target_weights(zeros))
-    for head in self.heads:
-      head(features)
-    self.built = True
 
   def copy_trunk_weights(self, trunk):
     """Takes a `resnet.resnet18_trunk`'s weights (class docstring)."""
