@@ -46,6 +46,14 @@ def base_config():
   config.max_source_examples = 0   # 0 = no cap
   config.max_unlabelled = 0
   config.max_test = 0
+  # How file-backed data (folder:, the action data) reach the steps:
+  # "memory" decodes everything up front into device constants; "stream"
+  # lists the files and decodes each step's batch in a tf.data pipeline
+  # (gradmix_tf/data/image_files.py), prefetch_batches steps ahead. Both
+  # give the same batches for the same seed; arrays (mnist, npz:, ...)
+  # stay in memory either way.
+  config.input_pipeline = "memory"
+  config.prefetch_batches = 2
   config.sources = ml_collections.ConfigDict()
   config.target = ml_collections.ConfigDict(dict(
       dataset="", classes=(), half=-1, hyperval_size=1000))
@@ -214,6 +222,7 @@ CHOICES = {
     "gradmf.mode": ("global", "layer"),
     "gradmf.update_rule": ("projection", "turned"),
     "pseudo_label.soft_loss": ("model_label", "label_model"),
+    "input_pipeline": ("memory", "stream"),
 }
 # Learning rates: finite and positive.
 RATES = ("lr", "finetune_lr", "target_lr", "mme.lr", "holistic.local_lr")
@@ -224,6 +233,7 @@ RANGES = (
     ("eval_every", 1, None), ("checkpoint_every", 1, None),
     ("k", 1, None), ("seed", 0, None), ("finetune_steps", 0, None),
     ("lr_warmup_steps", 0, None), ("lr_decay_steps", 0, None),
+    ("prefetch_batches", 1, None),
     ("global_clipnorm", 0.0, None), ("max_consecutive_skips", 1, None),
     ("max_source_examples", 0, None), ("max_unlabelled", 0, None),
     ("max_test", 0, None), ("logical_cpus", 0, None),

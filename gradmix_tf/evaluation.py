@@ -7,11 +7,18 @@ EVAL_BATCH = 500
 
 
 def in_batches(predict, images, batch_size=EVAL_BATCH):
-  """`predict` (NumPy images -> `[n, ...]` outputs) over `images` in
-  batches of `batch_size`, concatenated as one NumPy array."""
-  return np.concatenate([
-      np.asarray(predict(images[start:start + batch_size]))
-      for start in range(0, len(images), batch_size)])
+  """`predict` (images -> `[n, ...]` outputs) over `images` in batches of
+  `batch_size`, concatenated as one NumPy array. `images` is an array
+  (NumPy batches), or streamed `ImageFiles` (batches decoded by `tf.data`
+  in parallel, prefetched; only the outputs are kept)."""
+  from gradmix_tf.data import image_files  # pylint: disable=g-import-not-at-top
+  if image_files.is_streamed(images):
+    batches = (batch["images"] for batch in images.dataset(
+        batch_size=batch_size).prefetch(2))
+  else:
+    batches = (images[start:start + batch_size]
+               for start in range(0, len(images), batch_size))
+  return np.concatenate([np.asarray(predict(batch)) for batch in batches])
 
 
 def video_accuracy(probabilities, labels, groups):

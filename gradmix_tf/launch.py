@@ -70,8 +70,10 @@ def train(config, workdir):
     try:
       fresh = config_lib.prepare_workdir(workdir, config)
       experiment = methods.experiment_of(config)
-      # Action data are decoded with TensorFlow: built after the strategy.
-      data = None if experiment == "actions" else _build_data(config)
+      # Action data and image folders / TFDS are read with TensorFlow:
+      # built after the strategy (logical devices are set before TensorFlow
+      # starts).
+      data = None if _reads_with_tensorflow(config) else _build_data(config)
       strategy = distribute.make_strategy(config)
       metrics = _train_in(config, workdir, strategy, data)
     except TrainingError as err:
@@ -87,6 +89,17 @@ def train(config, workdir):
     if chief:
       run_directory.clear_stop(workdir)
     return metrics
+
+
+def _reads_with_tensorflow(config):
+  """Whether building the data runs TensorFlow (action data, `folder:`,
+  `tfds:`)."""
+  from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
+  if methods.experiment_of(config) == "actions":
+    return True
+  roles = list(config.get("sources", {}).values()) + [config.target]
+  return any(str(role.get("dataset", "")).startswith(("folder:", "tfds:"))
+             for role in roles)
 
 
 def _build_data(config):
@@ -110,6 +123,8 @@ def _train_in(config, workdir, strategy, data):
     from gradmix_tf.data.actions import build_action_experiment  # pylint: disable=g-import-not-at-top
     data = build_action_experiment(config, seed=int(config.seed),
                                    k=int(config.k))
+  elif data is None:
+    data = _build_data(config)
   metrics, runner = runners.run_method(config, data, workdir, strategy)
   if config.export_dir and runner is not None and runner.is_chief:
     from gradmix_tf import export  # pylint: disable=g-import-not-at-top

@@ -29,4 +29,6 @@ def write_model_description(workdir, config, data):
       "target_head": data.target_head,
       "preprocessing": preprocessing_of(config),
   }
+  if getattr(data, "folder_labels", None):
+    description["folder_labels"] = data.folder_labels
   write_json_atomically(os.path.join(workdir, MODEL_FILE), description)

@@ -54,6 +54,7 @@ from gradmix_tf import methods
 from gradmix_tf import models
 from gradmix_tf import pseudo_labels
 from gradmix_tf import workdir as run_directory
+from gradmix_tf.data import image_files
 from gradmix_tf.data.experiment import KL_LABEL_MODEL, KL_MODEL_LABEL
 from gradmix_tf.data.experiment import LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
@@ -119,7 +120,8 @@ def _member_probabilities(config, data, member_dirs):
                         "it to retrain it")
     outputs.append(in_batches(
         lambda batch, model=model: tf.nn.softmax(model(
-            tf.constant(batch), head=data.target_head)), data.u.images))
+            tf.convert_to_tensor(batch), head=data.target_head)),
+        data.u.images))
   return np.stack(outputs)
 
 
@@ -149,7 +151,8 @@ def stage2_data(data, hard_index, hard_label, soft, soft_loss, v_per_class,
     groups = np.concatenate([data.v.groups,
                              first_new + np.arange(len(add))])
   v = LabelledSet(
-      np.concatenate([data.v.images, data.u.images[hard_index[add]]]),
+      np.concatenate([data.v.images,
+                      image_files.as_array(data.u.images[hard_index[add]])]),
       np.concatenate([data.v.labels, hard_label[add]]).astype(np.int64),
       groups)
   if soft_loss is not None:

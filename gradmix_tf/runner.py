@@ -32,7 +32,7 @@ from gradmix_tf import distribute
 from gradmix_tf import finite_steps
 from gradmix_tf import methods
 from gradmix_tf import model_description
-from gradmix_tf.errors import ConfigError, TrainingError
+from gradmix_tf.errors import ConfigError, DataError, TrainingError
 from gradmix_tf.evaluation import EVAL_BATCH, in_batches, video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
@@ -192,9 +192,10 @@ class Runner:
   # -- Evaluation -------------------------------------------------------------
 
   def probabilities(self, images):
-    """Target-head softmax of `images`, `[n, classes]`, in batches."""
-    return in_batches(lambda batch: self._predict(tf.constant(batch)),
-                      images)
+    """Target-head softmax of `images` (an array or streamed
+    `ImageFiles`), `[n, classes]`, in batches."""
+    return in_batches(lambda batch: self._predict(tf.convert_to_tensor(
+        batch)), images)
 
   def evaluate(self, split):
     """(loss, accuracy) of the target head on a labelled set.
@@ -306,11 +307,12 @@ class Runner:
                               phase_end - phase_start)
         for i, n in enumerate(phase.index_sizes)]
     fn = self.step_functions[index]
+    inputs = self.step_inputs(phase, index_streams)
     last_log = time.time()
     last_log_step = first
     for step in range(first, phase_end):
       row = step - first
-      indices = tuple(tf.constant(stream[row]) for stream in index_streams)
+      indices = self._next_inputs(inputs, phase, index_streams, row, step)
       tick = time.perf_counter()
       stats = fn(indices)
       done = step + 1
@@ -345,6 +347,69 @@ class Runner:
       if done % int(config.checkpoint_every) == 0:
         self._save(done)
     writer.flush()
+
+  # -- Inputs -----------------------------------------------------------------
+
+  def step_inputs(self, phase, index_streams):
+    """An iterator over the phase's step inputs, one element per step.
+
+    `index_streams` holds each set's `[steps, global batch]` rows
+    (`batches.batch_indices`). With every set in memory an element is the
+    rows themselves (the step gathers them). With streamed sets
+    (`phase.file_sets`) a `tf.data` pipeline decodes each streamed set's
+    rows in a parallel map and prefetches `config.prefetch_batches`
+    steps ahead; under several replicas it is built per worker by
+    `strategy.distribute_datasets_from_function`, and each replica gets
+    its own rows `[r*b, (r+1)*b)` (as `distribute.replica_rows` takes
+    them from memory). The rows come from `(seed, epoch)`, so a resumed
+    run's pipeline starts at the resumed step: no iterator state is
+    checkpointed.
+    """
+    if not phase.file_sets:
+      return (tuple(tf.constant(stream[row]) for stream in index_streams)
+              for row in range(len(index_streams[0]) if index_streams
+                               else 0))
+    replica_batch = int(self.config.batch_size) // self.replicas
+
+    def per_worker(context=None):
+      pipelines = context.num_input_pipelines if context else 1
+      worker = context.input_pipeline_id if context else 0
+      local = self.replicas // pipelines
+      parts = []
+      for stream, files in zip(index_streams, phase.file_sets):
+        if files is None:   # the global rows, once per local replica
+          parts.append(tf.data.Dataset.from_tensor_slices(
+              np.repeat(stream, local, axis=0)))
+          continue
+        rows = stream.reshape(len(stream), self.replicas, replica_batch)
+        rows = rows[:, worker * local:(worker + 1) * local].reshape(-1)
+        images, labels = files
+        parts.append(images.dataset(rows, replica_batch, labels))
+      return tf.data.Dataset.zip(tuple(parts)).prefetch(
+          int(self.config.get("prefetch_batches", 2)))
+
+    if self.replicas == 1 and not isinstance(
+        self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return iter(per_worker())
+    return iter(self.strategy.distribute_datasets_from_function(per_worker))
+
+  def _next_inputs(self, inputs, phase, index_streams, row, step):
+    """The next step's inputs; a file that does not decode is a
+    `DataError` naming it (the run resumes once it is replaced)."""
+    try:
+      return next(inputs)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+      self._save(step)       # the rerun resumes at this very step
+      for stream, files in zip(index_streams, phase.file_sets):
+        if files is not None:
+          bad = files[0].first_unreadable(stream[row:row + 1])
+          if bad:
+            raise DataError(
+                f"cannot read image {bad[0]} at step {step + 1} ({bad[1]}); "
+                "replace or remove it and run the same command again (the "
+                "run resumes from its last checkpoint)") from None
+      raise DataError(f"the input pipeline failed at step {step + 1}: "
+                      f"{err.message.splitlines()[0]}") from None
 
   def _save(self, step):
     """Checkpoints at `step`, with the training time so far."""

@@ -40,8 +40,11 @@ class Phase:
     optimizer: its optimizer (checkpointed; a `GradMix` counts its own
       skipped steps).
     replica_step: `indices -> {name: tensor}` on one replica. `indices`
-      holds one `[batch]` int32 tensor per entry of `index_sizes` (the
-      global batch; `distribute.replica_rows` takes this replica's rows).
+      holds one entry per entry of `index_sizes`: a `[batch]` int32
+      tensor of the global batch's rows (`distribute.replica_rows` takes
+      this replica's), or, for a set in `file_sets`, this replica's rows
+      already decoded by the runner's input pipeline, `{"images",
+      "labels"}` (`{"images"}` for a set without labels).
       Outputs named `loss/...` are logged and checked; `applied` (a bool)
       says whether the update was made; GradMix's statistics (`weights`,
       `cosines`, `rho`, `eta`, ...) are logged when present.
@@ -54,6 +57,10 @@ class Phase:
       summaries and health messages); empty when the phase does not mix.
     on_end: called once when the phase is complete; its effect must live in
       checkpointed state.
+    file_sets: per entry of `index_sizes`, None (the step gathers its rows
+      from memory) or `(ImageFiles, labels or None)` the runner decodes
+      that entry's rows from (`gradmix_tf.data.image_files`); empty: all
+      from memory.
   """
   name: str
   steps: int
@@ -63,6 +70,7 @@ class Phase:
   summed_outputs: frozenset = frozenset()
   source_names: tuple = ()
   on_end: Optional[Callable[[], None]] = None
+  file_sets: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

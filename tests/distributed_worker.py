@@ -4,6 +4,10 @@
     python tests/distributed_worker.py mirrored OUT.npz   # 2 logical CPUs
     python tests/distributed_worker.py multi_worker OUT.npz  # TF_CONFIG
 
+Method `stream`: GradMix on the same data as PNG files, each replica's
+rows decoded by the runner's input pipeline
+(`distribute_datasets_from_function`).
+
 All modes start from the same weights (drawn with numpy) and take the same
 global batches, so their weights, rho, eta and parameters must agree.
 """
@@ -40,9 +44,14 @@ def main(mode, out_path, method="gradmix"):
   from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
   from gradmix_tf.batches import batch_indices  # pylint: disable=g-import-not-at-top
   data = tiny_data()
-  config = tiny_config(method="gradmix" if method == "fit" else method,
-                       batch_size=8)
+  stream = method == "stream"
   workdir = os.path.join(os.path.dirname(out_path), f"work_{mode}")
+  if stream:   # the same data as PNG files, decoded by the input pipeline
+    from test_streaming import streamed  # pylint: disable=g-import-not-at-top
+    data = streamed(data, f"{out_path}.files")     # one copy per worker
+  config = tiny_config(method="gradmix" if method in ("fit", "stream")
+                       else method, batch_size=8,
+                       input_pipeline="stream" if stream else "memory")
   trainer = build_runner(config, data, workdir, strategy=strategy)
   rng = np.random.default_rng(0)
   trainer.model.set_weights([0.1 * rng.normal(size=w.shape).astype(np.float32)
@@ -56,8 +65,9 @@ def main(mode, out_path, method="gradmix"):
       np.savez(out_path, **record)
     return
   fn = trainer.step_functions[0]
+  inputs = trainer.step_inputs(trainer.phases[0], streams)
   for step in range(STEPS):
-    stats = fn(tuple(tf.constant(s[step]) for s in streams))
+    stats = fn(next(inputs))
     for key, value in stats.items():
       if key in ("weights", "rho", "eta") or key.startswith("loss/"):
         record[f"{key}_{step}"] = np.asarray(value)

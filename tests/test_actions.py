@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, assert_one_error_line, run_module
 from gradmix_tf import config_lib
-from gradmix_tf.data import action_fixtures, actions
+from gradmix_tf.data import action_fixtures, actions, image_files
 from gradmix_tf.errors import DataError
 from gradmix_tf.evaluation import video_accuracy
 
@@ -155,6 +155,37 @@ def test_v_frames_are_drawn_per_clip_and_step(fixture_root, tmp_path):
   assert not np.array_equal(draws[0], draws[1])
 
 
+def test_streamed_action_data_decode_to_the_in_memory_data(fixture_root):
+  stream = actions.build_action_experiment(
+      _ucf101_config(fixture_root, input_pipeline="stream"), seed=0, k=2)
+  memory = actions.build_action_experiment(
+      _ucf101_config(fixture_root, input_pipeline="memory"), seed=0, k=2)
+  for streamed, decoded in zip(stream.sources, memory.sources):
+    assert image_files.is_streamed(streamed.x)
+    np.testing.assert_array_equal(streamed.x.numpy(), decoded.x)
+    np.testing.assert_array_equal(streamed.y, decoded.y)
+  for split in ("u", "test"):
+    streamed, decoded = getattr(stream, split), getattr(memory, split)
+    assert image_files.is_streamed(streamed.images)
+    np.testing.assert_array_equal(streamed.images.numpy(), decoded.images)
+    np.testing.assert_array_equal(streamed.labels, decoded.labels)
+  np.testing.assert_array_equal(stream.test.groups, memory.test.groups)
+  for split in ("v", "h"):                    # a few clips: decoded
+    np.testing.assert_array_equal(getattr(stream, split).images,
+                                  getattr(memory, split).images)
+  # 0 frames per test clip: all of them.
+  config = _ucf101_config(fixture_root, input_pipeline="stream")
+  config.actions.test_frames_per_clip = 0
+  every = actions.build_action_experiment(config, seed=0, k=2)
+  np.testing.assert_array_equal(every.test.groups, np.repeat(np.arange(8), 4))
+
+
+def test_streaming_a_clip_without_frames_names_the_ffmpeg_command(tmp_path):
+  clip = actions.Clip("Archery/v_Archery_g01_c01.avi", 2)
+  with pytest.raises(DataError, match=r"ffmpeg -i .*v_Archery_g01_c01.avi"):
+    actions.frame_paths(str(tmp_path), clip, 0)
+
+
 def test_launcher_runs_gradmix_on_fixtures(tmp_path):
   env = dict(os.environ, GRADMIX_CACHE_DIR=str(tmp_path / "cache"),
              TF_CPP_MIN_LOG_LEVEL="3")
@@ -171,7 +202,8 @@ def test_launcher_runs_gradmix_on_fixtures(tmp_path):
   assert metrics["method"] == "gradmix" and metrics["steps"] == 3
   assert 0.0 <= metrics["per_frame_accuracy"] <= 1.0
   assert 0.0 <= metrics["per_video_accuracy"] <= 1.0
-  assert metrics["num_examples"]["test"] == 8 * 2
+  # Every frame of the 8 test clips (the paper's protocol), streamed.
+  assert metrics["num_examples"]["test"] == 8 * 4
   assert os.path.isdir(tmp_path / "cache" / action_fixtures.FIXTURE_DIR / "ucf101")
 
 

@@ -62,6 +62,13 @@ def test_mirrored_fit_equals_the_single_device_runner(single_device,
                                atol=1e-6, err_msg=key)
 
 
+def test_mirrored_streamed_input_equals_one_device_in_memory(single_device,
+                                                            tmp_path):
+  # Each replica decodes its own rows of the global batch from files.
+  _assert_same(single_device, _run("mirrored", tmp_path / "out.npz",
+                                   "stream"))
+
+
 @pytest.mark.parametrize("method", ["joint", "target_only"])
 def test_mirrored_plain_steps_count_v_once(tmp_path, method):
   single = _run("single", tmp_path / "single.npz", method)
@@ -79,7 +86,9 @@ def _free_ports(count):
   return ports
 
 
-def test_two_local_workers_equal_one_device(single_device, tmp_path):
+@pytest.mark.parametrize("method", ["gradmix", "stream"])
+def test_two_local_workers_equal_one_device(single_device, tmp_path, method):
+  # stream: each worker's input pipeline decodes its own replica's rows.
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
@@ -88,7 +97,7 @@ def test_two_local_workers_equal_one_device(single_device, tmp_path):
                             "task": {"type": "worker", "index": index}})
     processes.append(subprocess.Popen(
         [sys.executable, WORKER, "multi_worker",
-         str(tmp_path / f"out{index}.npz")],
+         str(tmp_path / f"out{index}.npz"), method],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, TF_CONFIG=tf_config)))
   outputs = []

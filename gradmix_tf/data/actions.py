@@ -24,14 +24,24 @@ Expected layout (each directory can be set on its own in the config):
 Frames. A V clip keeps `train_frames_per_clip` evenly spaced frames (the
 centres of equal segments); each step uses `frames_per_step` of them per
 clip, drawn at random (`MultiSourceTask.validation_images`). H and U keep one middle frame per clip.
-A test clip keeps `test_frames_per_clip` evenly spaced frames; per-video
-accuracy averages their softmax (`gradmix_tf.evaluation`). The paper
-averages *all* frames of a video; 5 keeps the test set in memory (raise it
-where memory allows).
+A test clip keeps `test_frames_per_clip` evenly spaced frames, or every
+frame (0, the paper's protocol); per-video accuracy averages their softmax
+(`gradmix_tf.evaluation`).
 
-Everything is decoded into memory at `input_shape` (uint8). At 224x224 the
-full MPII + BU101 sources take about 7 GB of host memory; the test set at 5
-frames per clip about 2.8 GB.
+`config.input_pipeline`:
+
+* ``stream`` (the `ucf101` config's): the MPII and BU101 images, U's
+  frames and every test frame are listed, not decoded
+  (`image_files.ImageFiles`); the runner's `tf.data` pipeline decodes each
+  step's batches, and evaluation streams the test frames, so host memory
+  does not grow with the datasets (`bench/input_pipeline.py`). Streaming
+  reads extracted JPEG frames (`<ucf101_dir>/frames/...`): a clip with only
+  its `.avi` is refused with the `ffmpeg` command that extracts it.
+  V and H (a few clips per class) are decoded up front.
+* ``memory``: everything is decoded into memory at `input_shape` (uint8);
+  `.avi` clips are decoded with OpenCV. At 224x224 the full MPII + BU101
+  sources take about 7 GB of host memory, the test set at 5 frames per
+  clip about 2.8 GB.
 """
 
 import dataclasses
@@ -42,6 +52,7 @@ import numpy as np
 import scipy.io
 import tensorflow as tf
 
+from gradmix_tf.data import image_files
 from gradmix_tf.data.experiment import ExperimentData, LabelledSet, SourceData
 from gradmix_tf.errors import ConfigError, DataError
 
@@ -199,13 +210,32 @@ def read_image(path, size):
   return tf.cast(resize_frames(image, size), tf.uint8).numpy()
 
 
+def frame_paths(ucf101_dir, clip, frames):
+  """The files of `frames` evenly spaced extracted frames of `clip` (all
+  of them for 0), for streaming."""
+  folder = os.path.join(ucf101_dir, "frames", clip.class_name, clip.stem)
+  files = _image_files(folder) if os.path.isdir(folder) else []
+  if not files:
+    video = os.path.join(ucf101_dir, "videos", clip.path)
+    raise DataError(
+        f"clip {clip.path}: no extracted frames in {folder}; streaming "
+        f"reads JPEG frames: extract them with `mkdir -p {folder} && ffmpeg "
+        f"-i {video} {folder}/%05d.jpg` (every clip), or use "
+        "--config.input_pipeline=memory (decodes .avi with OpenCV)")
+  if not frames:
+    return files
+  return [files[i] for i in evenly_spaced(len(files), frames)]
+
+
 def clip_frames(ucf101_dir, clip, frames, size):
-  """`frames` evenly spaced frames of `clip`, `[frames, size, size, 3]`."""
+  """`frames` evenly spaced frames of `clip` (all for 0),
+  `[frames, size, size, 3]`."""
   folder = os.path.join(ucf101_dir, "frames", clip.class_name, clip.stem)
   files = _image_files(folder) if os.path.isdir(folder) else []
   if files:
-    return np.stack([read_image(files[i], size)
-                     for i in evenly_spaced(len(files), frames)])
+    chosen = evenly_spaced(len(files), frames) if frames else range(
+        len(files))
+    return np.stack([read_image(files[i], size) for i in chosen])
   video = os.path.join(ucf101_dir, "videos", clip.path)
   if not os.path.isfile(video):
     raise DataError(f"clip {clip.path}: no extracted frames in {folder} and "
@@ -234,6 +264,15 @@ def build_action_experiment(config, seed, k):
   bu_paths, bu_labels = read_bu101(_directory(actions, "bu101_dir", "bu101"),
                                    class_names)
   cap = int(config.get("max_source_examples", 0))
+  stream = config.get("input_pipeline", "memory") == "stream"
+  decode = image_files.frame_image(size)
+
+  def listed(paths):
+    for path in paths:
+      image_files.check_signature(path)
+    return image_files.ImageFiles(np.asarray(paths, object), decode,
+                                  (size, size, 3))
+
   sources = []
   for name, paths, labels, head in (("mpii", mpii_paths, mpii_labels, 0),
                                     ("bu101", bu_paths, bu_labels, 1)):
@@ -241,9 +280,9 @@ def build_action_experiment(config, seed, k):
     if cap and len(index) > cap:
       index = np.sort(np.random.default_rng([config.split_seed, 5])
                       .permutation(len(index))[:cap])
-    sources.append(SourceData(
-        name, np.stack([read_image(paths[i], size) for i in index]),
-        labels[index], head))
+    images = (listed([paths[i] for i in index]) if stream else
+              np.stack([read_image(paths[i], size) for i in index]))
+    sources.append(SourceData(name, images, labels[index], head))
 
   labels = np.array([c.label for c in train])
   order = np.random.default_rng([config.split_seed, 7]).permutation(
@@ -261,19 +300,27 @@ def build_action_experiment(config, seed, k):
   if int(config.get("max_test", 0)):
     test_clips = test[:int(config.max_test)]
 
-  def frames_of(clips, count):
-    images = [clip_frames(ucf101_dir, c, count, size) for c in clips]
-    groups = np.repeat(np.arange(len(clips)), [len(x) for x in images])
-    labels = np.repeat([c.label for c in clips], [len(x) for x in images])
-    return (np.concatenate(images) if images else
-            np.zeros((0, size, size, 3), np.uint8)), labels, groups
+  def frames_of(clips, count, streamed=False):
+    """(frames, labels, groups) of `count` frames per clip (0: all),
+    decoded, or listed when `streamed`."""
+    if streamed:
+      files = [frame_paths(ucf101_dir, c, count) for c in clips]
+      images = listed([path for paths in files for path in paths])
+    else:
+      files = [clip_frames(ucf101_dir, c, count, size) for c in clips]
+      images = (np.concatenate(files) if files else
+                np.zeros((0, size, size, 3), np.uint8))
+    counts = [len(x) for x in files]
+    groups = np.repeat(np.arange(len(clips)), counts)
+    labels = np.repeat([c.label for c in clips], counts)
+    return images, labels, groups
 
   v_x, v_y, v_groups = frames_of([train[i] for i in v_index],
                                  int(actions.train_frames_per_clip))
   h_x, h_y, _ = frames_of([train[i] for i in h_index], 1)
-  u_x, u_y, _ = frames_of([train[i] for i in u_index], 1)
+  u_x, u_y, _ = frames_of([train[i] for i in u_index], 1, stream)
   t_x, t_y, t_groups = frames_of(test_clips,
-                                 int(actions.test_frames_per_clip))
+                                 int(actions.test_frames_per_clip), stream)
   return ExperimentData(
       sources=tuple(sources),
       head_classes=(tuple(mpii_classes), tuple(class_names)),
@@ -364,4 +411,5 @@ def _decode_video(path, frames, size):
   if not images:
     raise DataError(f"cannot decode any frame of {path}")
   return np.stack([tf.cast(resize_frames(images[i], size), tf.uint8).numpy()
-                   for i in evenly_spaced(len(images), frames)])
+                   for i in (evenly_spaced(len(images), frames) if frames
+                             else range(len(images)))])

@@ -49,6 +49,8 @@ class DigitDataset:
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
+  # `folder:` with named class folders: {folder name: label}.
+  folder_labels: dict = None
 
   def split(self, split):
     if split == "train":

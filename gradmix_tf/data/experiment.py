@@ -14,6 +14,11 @@ filter and the optional half):
 * `U`, everything else (its labels are kept only to report, never to train);
 * test: the dataset's test split with the same class filter.
 
+With `config.input_pipeline = "stream"`, a file-backed dataset (`folder:`)
+is only listed: its sources, U and test split stay `ImageFiles`
+(`gradmix_tf.data.image_files`), decoded batch by batch while the run
+trains and evaluates; V and H (a few images per class) are decoded here.
+
 `half` (0 or 1) keeps one half of a class-filtered train split, chosen by a
 permutation with `split_seed`; two roles built from the same underlying
 images (MNIST and MNIST-M made from it) with halves 0 and 1 are disjoint.
@@ -24,6 +29,7 @@ import dataclasses
 import numpy as np
 
 from gradmix_tf.data import digits
+from gradmix_tf.data import image_files
 from gradmix_tf.data import specs
 from gradmix_tf.errors import ConfigError, DataError
 
@@ -40,8 +46,8 @@ SOURCE_LOSSES = (CROSS_ENTROPY, KL_MODEL_LABEL, KL_LABEL_MODEL)
 
 @dataclasses.dataclass(frozen=True)
 class SourceData:
-  """One labelled source: images, labels, the head it trains, its loss
-  (one of `SOURCE_LOSSES`)."""
+  """One labelled source: images (an array, or `ImageFiles` streamed),
+  labels, the head it trains, its loss (one of `SOURCE_LOSSES`)."""
   name: str
   x: np.ndarray
   y: np.ndarray
@@ -51,8 +57,8 @@ class SourceData:
 
 @dataclasses.dataclass(frozen=True)
 class LabelledSet:
-  """Images with their labels (U's are hidden: kept to report, never to
-  train), and for video frames the clip of each frame (`groups`, frames of
+  """Images (an array, or `ImageFiles` streamed) with their labels (U's are
+  hidden: kept to report, never to train), and for video frames the clip of each frame (`groups`, frames of
   a clip adjacent; None for still images)."""
   images: np.ndarray
   labels: np.ndarray
@@ -87,6 +93,9 @@ class ExperimentData:
   # With V of video clips (`v.groups`): how many frames of each clip a step
   # draws (0: all of V every step).
   v_frames_per_step: int = 0
+  # `{spec: {class folder name: label}}` of `folder:` datasets with named
+  # class folders (written to the run's model.json).
+  folder_labels: dict = None
 
   def __post_init__(self):
     for name in ("v", "h", "u", "test"):
@@ -119,7 +128,8 @@ def build_experiment(config, seed, k, loader=None):
     def loader(spec):
       if spec not in cache:
         cache[spec] = specs.load_dataset(
-            spec, config.data_dir, config.cache_dir, config.mnistm_seed)
+            spec, config.data_dir, config.cache_dir, config.mnistm_seed,
+            stream=streams(config))
       return cache[spec]
 
   size, _, channels = tuple(config.input_shape)
@@ -135,7 +145,7 @@ def build_experiment(config, seed, k, loader=None):
                    config.split_seed, f"sources.{name}")
     x, y = cap_examples(x, y, config.get("max_source_examples", 0), config.split_seed)
     sources.append(SourceData(
-        name, digits.conform_images(x, size, channels, name), y,
+        name, conform(x, size, channels, name), y,
         head_classes.index(classes)))
   if not sources:
     raise ConfigError("the config has no sources: add at least one under "
@@ -151,7 +161,7 @@ def build_experiment(config, seed, k, loader=None):
   dataset = loader(target.dataset)
   x, y = select_split(dataset, "train", target_classes, target.half,
                  config.split_seed, "target")
-  x = digits.conform_images(x, size, channels, "target")
+  x = conform(x, size, channels, "target")
   order = np.random.default_rng([config.split_seed, 7]).permutation(len(y))
   hyperval_size = int(target.hyperval_size)
   h_index, pool = order[:hyperval_size], order[hyperval_size:]
@@ -164,15 +174,35 @@ def build_experiment(config, seed, k, loader=None):
                            config.split_seed, "target test")
   x_test, y_test = cap_examples(x_test, y_test, config.get("max_test", 0),
                         config.split_seed)
+  specs_used = sorted({role.dataset for role in config.sources.values()}
+                      | {target.dataset})
+  named = {spec: loader(spec).folder_labels for spec in specs_used
+           if getattr(loader(spec), "folder_labels", None)}
   return ExperimentData(
       sources=tuple(sources),
       head_classes=tuple(head_classes),
       target_head=target_head,
-      v=(x[v_index], y[v_index]),
-      h=(x[h_index], y[h_index]),
+      folder_labels=named or None,
+      v=(image_files.as_array(x[v_index]), y[v_index]),
+      h=(image_files.as_array(x[h_index]), y[h_index]),
       u=(x[u_index], y[u_index]),
-      test=(digits.conform_images(x_test, size, channels, "target test"),
-            y_test))
+      test=(conform(x_test, size, channels, "target test"), y_test))
+
+
+def streams(config):
+  """Whether file-backed data are streamed (`config.input_pipeline`)."""
+  return config.get("input_pipeline", "memory") == "stream"
+
+
+def conform(images, size, channels, name):
+  """`digits.conform_images` of an array; the same conversion appended to
+  the decoder of `ImageFiles`."""
+  if image_files.is_streamed(images):
+    if channels not in (1, 3):
+      raise DataError(f"{name}: cannot convert images to {channels} "
+                      "channels; only grey (1) and RGB (3) are supported")
+    return image_files.conformed(images, size, channels)
+  return digits.conform_images(images, size, channels, name)
 
 
 def class_ids(classes, role):

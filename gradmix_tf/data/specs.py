@@ -18,24 +18,30 @@ lays it out: one sub-folder per class, `<path>/<class>/*.{png,jpg,...}`,
 the whole folder training (no test images); or `<path>/train/<class>/...`
 and `<path>/test/<class>/...`. A class folder named by an integer holds that
 label (`classes=(5, 6, 7, 8, 9)` selects folders `5`..`9`); otherwise the
-class folders are labelled 0, 1, ... in sorted order (logged). Images are
-decoded with `tf.io.decode_image` and brought to the first image's size
-(antialiased bilinear) when sizes differ; read into memory.
+class folders are labelled 0, 1, ... in sorted order (logged, and written
+to the run's `model.json` as `folder_labels`). Images are decoded with
+`tf.io.decode_image` and brought to the first image's size (antialiased
+bilinear) when sizes differ: into memory, or with `stream=True` only listed
+(`image_files.ImageFiles`, decoded batch by batch in the run's `tf.data`
+pipeline to the same pixels).
 """
 
+import dataclasses
 import os
 
 import numpy as np
 
 from gradmix_tf.data import digits
+from gradmix_tf.data import image_files
 from gradmix_tf.data import mnistm
 from gradmix_tf.errors import DataError
 
 TFDS_FEATURES = ("image", "label")
 
 
-def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
-  """Loads a dataset by spec.
+def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0, stream=False):
+  """Loads a dataset by spec (`stream`: a `folder:` is listed, not decoded;
+  the other specs are arrays either way).
 
   Raises:
     DataError: an unknown spec; the files are missing, corrupt, or
@@ -44,7 +50,7 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0):
   if spec.startswith("npz:"):
     return digits.load_npz(spec[len("npz:"):], name=spec)
   if spec.startswith("folder:"):
-    return load_folder(spec[len("folder:"):], spec)
+    return load_folder(spec[len("folder:"):], spec, stream)
   if spec.startswith("tfds:"):
     name, _, split = spec[len("tfds:"):].partition(":")
     return load_tfds(name, split or "train", os.path.join(data_dir, "tfds"),
@@ -118,8 +124,9 @@ def folder_labels(class_dirs):
   return {name: label for label, name in enumerate(sorted(class_dirs))}
 
 
-def load_folder(path, spec):
-  """An image folder (module docstring) as a `DigitDataset`."""
+def load_folder(path, spec, stream=False):
+  """An image folder (module docstring) as a `DigitDataset` (of
+  `ImageFiles` when `stream`)."""
   if not os.path.isdir(path):
     raise DataError(f"{spec!r}: {path} is not a folder")
   split_dirs = {split: os.path.join(path, split) for split in ("train", "test")}
@@ -132,6 +139,10 @@ def load_folder(path, spec):
   if not all(name.isdigit() for name in train_classes):
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.info("%s: class folders labelled %s", spec, labels)
+  named = None if all(name.isdigit() for name in train_classes) else labels
+  if stream:
+    return dataclasses.replace(_listed_folder(roots, labels, spec),
+                               folder_labels=named)
   x_train, y_train = _read_split(roots["train"], labels, spec)
   if roots["test"] is None:
     x_test = np.zeros((0,) + x_train.shape[1:], np.uint8)
@@ -143,7 +154,67 @@ def load_folder(path, spec):
                       "train class folders")
     x_test, y_test = _read_split(roots["test"], labels, spec,
                                  size=x_train.shape[1:3])
-  return digits.checked_dataset(spec, x_train, y_train, x_test, y_test)
+  return dataclasses.replace(
+      digits.checked_dataset(spec, x_train, y_train, x_test, y_test),
+      folder_labels=named)
+
+
+def _listed_folder(roots, labels, spec):
+  """`load_folder` with `ImageFiles`: paths listed and their signatures
+  checked; only the first training image is decoded (its size is the
+  folder's reference size)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  splits = {}
+  for split, root in roots.items():
+    if root is None:
+      splits[split] = (np.zeros(0, object), np.zeros(0, np.int64))
+      continue
+    if split == "test":
+      unknown = sorted(set(_class_dirs(root, spec)) - set(labels))
+      if unknown:
+        raise DataError(f"{spec!r}: test class folders {unknown} are not "
+                        "train class folders")
+    paths, targets = _image_paths(root, labels, spec)
+    splits[split] = (np.asarray(paths, object), np.asarray(targets, np.int64))
+  first = splits["train"][0][0]
+  try:
+    shape = tf.io.decode_image(tf.io.read_file(first), channels=3,
+                               expand_animations=False).shape
+  except tf.errors.InvalidArgumentError as err:
+    raise DataError(f"{spec!r}: cannot read image {first} "
+                    f"({err.message.splitlines()[0]}); replace or remove "
+                    "it") from None
+  reference = (int(shape[0]), int(shape[1]))
+  decode = image_files.folder_image(reference)
+
+  def files(split):
+    paths, targets = splits[split]
+    return image_files.ImageFiles(paths, decode, reference + (3,)), targets
+
+  return digits.DigitDataset(spec, *files("train"), *files("test"))
+
+
+def _image_paths(root, labels, spec):
+  """(paths, labels) of one split's image files, class by class, each
+  file's signature checked."""
+  paths, targets = [], []
+  for name, label in labels.items():
+    directory = os.path.join(root, name)
+    if not os.path.isdir(directory):
+      continue
+    for file in sorted(os.listdir(directory)):
+      if file.lower().endswith(IMAGE_SUFFIXES):
+        path = os.path.join(directory, file)
+        try:
+          image_files.check_signature(path)
+        except DataError as err:
+          raise DataError(f"{spec!r}: {err}") from None
+        paths.append(path)
+        targets.append(label)
+  if not paths:
+    raise DataError(f"{spec!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                    f"the class folders of {root}")
+  return paths, targets
 
 
 def _class_dirs(root, spec):

@@ -109,7 +109,7 @@ class DCTNTask(MultiSourceTask):
     optimizer = sgd.make_main_sgd(config)
     return [self.phase("dctn", int(config.steps), optimizer,
                        self._dctn_step(optimizer),
-                       index_sizes=self.source_sizes() + (len(self.data.u),))]
+                       with_unlabelled=True)]
 
   def prediction(self, images):
     return self.cocktail(self.model.trunk(images))[0]
@@ -152,11 +152,11 @@ class DCTNTask(MultiSourceTask):
 
     def step(indices):
       *source_indices, u_index = indices
-      source_images = [tf.gather(x, i) for x, i in zip(self.source_images,
-                                                         source_indices)]
-      source_labels = [tf.gather(y, i) for y, i in zip(self.source_labels,
-                                                         source_indices)]
-      u_images = tf.gather(self.u_images, u_index)
+      batches = [self.source_batch(i, entry)
+                 for i, entry in enumerate(source_indices)]
+      source_images = [x for x, _ in batches]
+      source_labels = [y for _, y in batches]
+      u_images = self.unlabelled_batch(u_index)
       v_images, v_labels = self.validation_images()
       target_images = tf.concat([v_images, u_images], 0)
       v_count = tf.shape(v_labels)[0]

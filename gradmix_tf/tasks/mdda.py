@@ -315,7 +315,7 @@ class MDDATask(MultiSourceTask):
     optimizer = sgd.make_main_sgd(self.config)
     return [self.phase("mdda", int(self.config.steps), optimizer,
                        self._mdda_step(optimizer),
-                       index_sizes=self.source_sizes() + (len(self.data.u),))]
+                       with_unlabelled=True)]
 
   def _mdda_step(self, optimizer):
     mdda = self.config.mdda
@@ -324,15 +324,15 @@ class MDDATask(MultiSourceTask):
 
     def step(indices):
       *source_indices, u_index = indices
-      images = [tf.gather(x, i) for x, i in zip(self.source_images,
-                                                  source_indices)]
-      labels = [tf.gather(y, i) for y, i in zip(self.source_labels,
-                                                  source_indices)]
-      sizes = [int(i.shape[0]) for i in source_indices]
+      batches = [self.source_batch(i, entry)
+                 for i, entry in enumerate(source_indices)]
+      images = [x for x, _ in batches]
+      labels = [y for _, y in batches]
+      sizes = [int(y.shape[0]) for y in labels]
       v_images, v_labels = self.validation_images()
       v_count = tf.shape(v_labels)[0]
       target_images = tf.concat([v_images,
-                                 tf.gather(self.u_images, u_index)], 0)
+                                 self.unlabelled_batch(u_index)], 0)
       with tf.GradientTape() as tape:
         batch = tf.concat(images, 0)
         weights = model.assignments(batch)

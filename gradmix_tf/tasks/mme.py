@@ -89,10 +89,9 @@ class MMETask(MultiSourceTask):
     self.mme_sources = [i for i, s in enumerate(self.data.sources)
                         if s.head == self.data.target_head]
     optimizer = sgd.make_sgd(self.config, self.config.mme.lr)
-    sizes = [len(self.data.sources[i].y) for i in self.mme_sources] + [
-        len(self.data.u)]
     return [self.phase("mme", int(self.config.steps), optimizer,
-                       self._mme_step(optimizer), index_sizes=sizes)]
+                       self._mme_step(optimizer), sources=self.mme_sources,
+                       with_unlabelled=True)]
 
   def _mme_step(self, optimizer):
     lam = float(self.config.mme.entropy_weight)
@@ -102,13 +101,12 @@ class MMETask(MultiSourceTask):
       *source_indices, u_index = indices
       with tf.GradientTape() as tape:
         losses = []
-        for i, index in zip(self.mme_sources, source_indices):
-          logits = self.model(tf.gather(self.source_images[i], index),
-                              head=head, training=True)
-          losses.append(cross_entropy(tf.gather(self.source_labels[i],
-                                                index), logits))
+        for i, entry in zip(self.mme_sources, source_indices):
+          images, labels = self.source_batch(i, entry)
+          logits = self.model(images, head=head, training=True)
+          losses.append(cross_entropy(labels, logits))
         val_loss = self.validation_loss()
-        features = self.model.trunk(tf.gather(self.u_images, u_index),
+        features = self.model.trunk(self.unlabelled_batch(u_index),
                                     training=True)
         u_entropy = mean_prediction_entropy(self.model.heads[head](
             gradient_reversal(features)))

@@ -41,6 +41,7 @@ from gradmix_tf import models
 from gradmix_tf import multi_source_step
 from gradmix_tf import pseudo_labels
 from gradmix_tf import sgd
+from gradmix_tf.data import image_files
 from gradmix_tf.data.experiment import CROSS_ENTROPY
 from gradmix_tf.data.experiment import KL_LABEL_MODEL
 from gradmix_tf.data.experiment import KL_MODEL_LABEL
@@ -90,13 +91,16 @@ class MultiSourceTask(Task):
 
   def build(self, setup):
     data = self.data
-    self.source_images = [tf.constant(s.x) for s in data.sources]
+    # In memory: device constants the steps gather their rows from.
+    # Streamed (`ImageFiles`): None; the runner decodes the rows
+    # (`Phase.file_sets`).
+    self.source_images = [_in_memory(s.x) for s in data.sources]
     self.source_labels = [tf.constant(s.y) for s in data.sources]
     self.v_images = tf.constant(data.v.images)
     self.v_labels = tf.constant(data.v.labels)
     entry = methods.lookup(methods.experiment_of(self.config),
                            self.config.method)
-    self.u_images = (tf.constant(data.u.images)
+    self.u_images = (_in_memory(data.u.images)
                      if entry is not None and entry.needs_unlabelled
                      else None)
     self._v_clips = _clips(data.v.groups, int(data.v_frames_per_step))
@@ -133,7 +137,7 @@ class MultiSourceTask(Task):
       optimizer = make_gradmix(config, "gradmix")
       return [self.phase(
           "gradmix", steps, optimizer, self.gradmix_step(optimizer),
-          index_sizes=self.source_sizes() + (len(self.data.u),),
+          with_unlabelled=True,
           source_names=self.source_names() + (UNLABELLED_SOURCE[method],))]
     optimizer = make_gradmix(config, method)
     return [self.phase("gradmix", steps, optimizer,
@@ -143,14 +147,34 @@ class MultiSourceTask(Task):
   # -- Building blocks for this task and its subclasses -----------------------
 
   def phase(self, name, steps, optimizer, replica_step, index_sizes=None,
-            source_names=(), on_end=None):
-    """A `Phase` whose steps get source batches (default `index_sizes`)
-    and whose source losses (and unlabelled one) are replica shares."""
+            source_names=(), on_end=None, sources=None,
+            with_unlabelled=False):
+    """A `Phase` whose source losses (and unlabelled one) are replica
+    shares.
+
+    Its steps get one batch of each of `sources` (indices into
+    `data.sources`; default all), then one of U when `with_unlabelled`,
+    streamed sets decoded by the runner (`source_batch`,
+    `unlabelled_batch` read either); or, given `index_sizes`, rows of sets
+    of those sizes the step gathers from memory itself.
+    """
     summed = {f"loss/{s.name}" for s in self.data.sources} | {
         f"loss/{name}" for name in UNLABELLED_SOURCE.values()}
+    file_sets = ()
+    if index_sizes is None:
+      chosen = [self.data.sources[i] for i in
+                (range(len(self.data.sources)) if sources is None
+                 else sources)]
+      index_sizes = [len(s.y) for s in chosen]
+      file_sets = [_file_set(s.x, s.y) for s in chosen]
+      if with_unlabelled:
+        index_sizes.append(len(self.data.u))
+        file_sets.append(_file_set(self.data.u.images, None))
+      if not any(file_sets):
+        file_sets = ()
     return Phase(name, int(steps), optimizer, replica_step,
-                 tuple(index_sizes or self.source_sizes()),
-                 frozenset(summed), tuple(source_names), on_end)
+                 tuple(index_sizes), frozenset(summed), tuple(source_names),
+                 on_end, tuple(file_sets))
 
   def source_sizes(self):
     return tuple(len(s.y) for s in self.data.sources)
@@ -166,18 +190,34 @@ class MultiSourceTask(Task):
     """Each source's share of its global-batch mean loss on this replica
     (`distribute.replica_share`)."""
     losses = []
-    for source, images, labels, index in zip(
-        self.data.sources, self.source_images, self.source_labels, indices):
-      index = distribute.replica_rows(index, self.setup.replica_batch)
-      logits = self.model(self.augment_source(tf.gather(images, index)),
-                          head=source.head, training=True)
+    for i, (source, entry) in enumerate(zip(self.data.sources, indices)):
+      images, labels = self.source_batch(i, entry)
+      logits = self.model(self.augment_source(images), head=source.head,
+                          training=True)
       if source.loss == CROSS_ENTROPY:
-        loss = cross_entropy(tf.gather(labels, index), logits)
+        loss = cross_entropy(labels, logits)
       else:
         loss = pseudo_labels.soft_label_loss(
-            logits, tf.gather(labels, index), SOFT_LOSS_DIRECTIONS[source.loss])
+            logits, labels, SOFT_LOSS_DIRECTIONS[source.loss])
       losses.append(distribute.replica_share(loss))
     return losses
+
+  def source_batch(self, i, entry):
+    """(images, labels) of source `i`'s batch on this replica: its rows
+    of the global batch `entry` gathered from memory, or the rows the
+    runner decoded (`Phase.file_sets`)."""
+    if isinstance(entry, dict):
+      return entry["images"], entry["labels"]
+    index = distribute.replica_rows(entry, self.setup.replica_batch)
+    return (tf.gather(self.source_images[i], index),
+            tf.gather(self.source_labels[i], index))
+
+  def unlabelled_batch(self, entry):
+    """The images of this replica's rows of a U batch (as `source_batch`)."""
+    if isinstance(entry, dict):
+      return entry["images"]
+    return tf.gather(self.u_images, distribute.replica_rows(
+        entry, self.setup.replica_batch))
 
   def validation_images(self):
     """All of V, or `frames_per_step` random frames of each V clip (drawn
@@ -256,8 +296,7 @@ class MultiSourceTask(Task):
     share of the global mean (`gradmix_tf/semi_supervised.py`)."""
     from gradmix_tf import semi_supervised  # pylint: disable=g-import-not-at-top
     config = self.config
-    images = tf.cast(tf.gather(self.u_images, distribute.replica_rows(
-        index, self.setup.replica_batch)), tf.float32)
+    images = tf.cast(self.unlabelled_batch(index), tf.float32)
     head = self.data.target_head
     seed = tf.stack([tf.constant(int(config.seed) + 31, tf.int64),
                      tf.cast(self.setup.step, tf.int64)])
@@ -325,6 +364,17 @@ class MultiSourceTask(Task):
     """`{"loss/<source>": loss}` of the data's sources."""
     return {f"loss/{s.name}": loss
             for s, loss in zip(self.data.sources, losses)}
+
+
+def _in_memory(images):
+  """A device constant of in-memory images; None for streamed ones."""
+  return None if image_files.is_streamed(images) else tf.constant(images)
+
+
+def _file_set(images, labels):
+  """`Phase.file_sets`' entry of a set: None in memory, else its files
+  and labels."""
+  return (images, labels) if image_files.is_streamed(images) else None
 
 
 def _clips(groups, frames_per_step):
