@@ -53,8 +53,12 @@ class ImageFiles:
     return dataclasses.replace(self, paths=self.paths[index])
 
   def read(self, path):
-    """The decoded image of one path (a `tf.string` scalar)."""
+    """The decoded image of one key (here a path, a `tf.string` scalar)."""
     return self.decode(tf.io.read_file(path))
+
+  def key_table(self):
+    """Every key as one tensor (`read` takes one of its entries)."""
+    return tf.constant(self.paths.astype(str))
 
   def dataset(self, rows=None, batch_size=None, labels=None):
     """`tf.data` of the images at `rows` (default: all, in order), decoded
@@ -62,7 +66,7 @@ class ImageFiles:
     `labels` (indexed by row like the files) each element is
     `{"images", "labels"}`, else `{"images"}`."""
     rows = np.arange(len(self)) if rows is None else np.asarray(rows)
-    paths = tf.constant(self.paths.astype(str))
+    paths = self.key_table()
     label_table = None if labels is None else tf.constant(labels)
 
     def load(row):
@@ -89,13 +93,40 @@ class ImageFiles:
   def first_unreadable(self, rows):
     """(path, reason) of the first of `rows` that does not decode, or None
     (to name the file when a streamed batch fails)."""
+    keys = self.key_table()
     for row in np.unique(np.asarray(rows).reshape(-1)):
-      path = str(self.paths[row])
       try:
-        self.read(tf.constant(path))
-      except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
-        return path, err.message.splitlines()[0]
+        self.read(keys[int(row)])
+      except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+              tf.errors.UnknownError) as err:
+        return str(self.paths[row]), err.message.splitlines()[0]
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordImages(ImageFiles):
+  """Images of a random-access record source (a prepared TFDS dataset in
+  ArrayRecord format, `builder.as_data_source(split)`), read by record
+  number: `paths` holds the record numbers, `source[n]["image"]` is the
+  stored `uint8` image of `source_shape`, and `decode` takes it from there
+  (`stored_image`, then `conformed`)."""
+  source: object = None
+  source_shape: tuple = None
+
+  def read(self, record):
+    def fetch(number):
+      return np.asarray(self.source[int(number)]["image"], np.uint8)
+
+    image = tf.numpy_function(fetch, [record], tf.uint8, stateful=False)
+    return self.decode(tf.ensure_shape(image, self.source_shape))
+
+  def key_table(self):
+    return tf.constant(self.paths.astype(np.int64))
+
+
+def stored_image(contents):
+  """The decoder of an image stored decoded (`RecordImages`): itself."""
+  return contents
 
 
 def as_array(images):
@@ -106,6 +137,8 @@ def as_array(images):
 
 
 def is_streamed(images):
+  """Whether `images` are listed (`ImageFiles`, `RecordImages`), not
+  decoded."""
   return isinstance(images, ImageFiles)
 
 

@@ -10,8 +10,10 @@ modules imports the other's caller.
 machine that can download; nothing is downloaded here), with `image` and
 `label` features: its `train` split trains, its `test` split (if it has
 one) tests. `tfds:<name>:<split>` trains on `<split>` instead (any TFDS
-split string, e.g. `train[:50%]`). The images are read into memory, as
-every digit dataset is (the streaming path for large sets is issue 21's).
+split string, e.g. `train[:50%]`). The images are read into memory, or
+with `stream=True` (`config.input_pipeline="stream"`) read record by
+record from a dataset prepared in ArrayRecord format
+(`tfds build ... --file_format=array_record`), which has random access.
 
 `folder:<path>` is an image folder as Keras' `image_dataset_from_directory`
 lays it out: one sub-folder per class, `<path>/<class>/*.{png,jpg,...}`,
@@ -54,7 +56,7 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0, stream=False):
   if spec.startswith("tfds:"):
     name, _, split = spec[len("tfds:"):].partition(":")
     return load_tfds(name, split or "train", os.path.join(data_dir, "tfds"),
-                     spec)
+                     spec, stream)
   if spec == "mnist":
     return digits.load_mnist(data_dir)
   if spec == "svhn":
@@ -73,9 +75,11 @@ def _not_prepared(spec, name, tfds_dir):
           "the folder here")
 
 
-def load_tfds(name, train_split, tfds_dir, spec):
+def load_tfds(name, train_split, tfds_dir, spec, stream=False):
   """A prepared TFDS dataset's `train_split` and `test` split (module
-  docstring) as a `DigitDataset`."""
+  docstring) as a `DigitDataset`; with `stream`, of `RecordImages` read
+  by record number when it is prepared in ArrayRecord format (else read
+  into memory, with a warning naming the command that converts it)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if not name:
     raise DataError(f"{spec!r}: name the dataset, tfds:<name>[:<split>]")
@@ -97,6 +101,22 @@ def load_tfds(name, train_split, tfds_dir, spec):
         f"has {', '.join(builder.info.features)}); a source or target needs "
         "image and label")
 
+  if "array_record" in str(builder.info.file_format).lower():
+    # Random access (and no `as_dataset`): read record by record.
+    records = _tfds_records(builder, train_split, spec)
+    if stream:
+      return records
+    return digits.checked_dataset(
+        spec, records.x_train.numpy(), records.y_train,
+        records.x_test.numpy(), records.y_test)
+  if stream:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning(
+        "%s is prepared as %s, which has no random access: it is read into "
+        "memory. To stream it, prepare it as ArrayRecord: `tfds build %s "
+        "--file_format=array_record --data_dir=%s`", spec,
+        builder.info.file_format, name, tfds_dir)
+
   def read(split):
     try:
       data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -111,6 +131,33 @@ def load_tfds(name, train_split, tfds_dir, spec):
     x_test = np.zeros((0,) + x_train.shape[1:], x_train.dtype)
     y_test = np.zeros(0, np.int64)
   return digits.checked_dataset(spec, x_train, y_train, x_test, y_test)
+
+
+def _tfds_records(builder, train_split, spec):
+  """A dataset prepared in ArrayRecord format as `RecordImages` over its
+  splits' data sources (only the labels are read up front)."""
+  shape = tuple(builder.info.features["image"].shape)
+  if None in shape:
+    raise DataError(f"{spec!r}: its images have no fixed shape ({shape}); "
+                    "streaming needs one")
+
+  def records(split):
+    try:
+      source = builder.as_data_source(split=split)
+    except ValueError as err:       # an unknown or malformed split
+      raise DataError(f"{spec!r}: split {split!r}: {err}") from None
+    labels = np.array([source[i]["label"] for i in range(len(source))],
+                      np.int64)
+    return image_files.RecordImages(
+        np.arange(len(source)), image_files.stored_image, shape,
+        source=source, source_shape=shape), labels
+
+  x_train, y_train = records(train_split)
+  if "test" in builder.info.splits:
+    x_test, y_test = records("test")
+  else:
+    x_test, y_test = x_train[:0], np.zeros(0, np.int64)
+  return digits.DigitDataset(spec, x_train, y_train, x_test, y_test)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
