@@ -312,8 +312,9 @@ class Runner:
     last_log_step = first
     for step in range(first, phase_end):
       row = step - first
-      indices = self._next_inputs(inputs, phase, index_streams, row, step)
+      # A step's time includes waiting for its inputs (a stall shows).
       tick = time.perf_counter()
+      indices = self._next_inputs(inputs, phase, index_streams, row, step)
       stats = fn(indices)
       done = step + 1
       self.step.assign(done)

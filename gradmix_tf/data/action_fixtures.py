@@ -67,6 +67,19 @@ def write_action_fixtures(root, train_groups=(8, 9, 10, 11, 12, 13),
     _write_jpeg(os.path.join(mpii, "images", name), rng,
                 max(activity[0], 0) % 5, size)
     entries.append((name, activity))
+  write_mpii_annotation(mpii, entries, [1] * 9 + [0] * 3)
+
+  for label, name in enumerate(UCF_CLASSES):
+    for i in range(5):
+      _write_jpeg(os.path.join(root, "bu101", name, f"{name}_{i:04d}.jpg"),
+                  rng, label, size)
+  return root
+
+
+def write_mpii_annotation(mpii_dir, entries, is_train):
+  """MPII's annotation `.mat` (the `RELEASE` struct) for `entries`, a list
+  of `(image name, (act_id, act_name, cat_name))` (act_id -1: none), and
+  `is_train` (1 for MPII's training split) per image."""
   annolist = np.empty((1, len(entries)), dtype=[("image", "O")])
   act = np.empty((len(entries), 1),
                  dtype=[("act_id", "O"), ("act_name", "O"), ("cat_name", "O")])
@@ -75,12 +88,7 @@ def write_action_fixtures(root, train_groups=(8, 9, 10, 11, 12, 13),
     act[i, 0]["act_id"] = np.array([[act_id]], np.float64)
     act[i, 0]["act_name"] = act_name
     act[i, 0]["cat_name"] = cat_name
-  scipy.io.savemat(os.path.join(mpii, "mpii_human_pose_v1_u12_1.mat"), {
+  os.makedirs(mpii_dir, exist_ok=True)
+  scipy.io.savemat(os.path.join(mpii_dir, "mpii_human_pose_v1_u12_1.mat"), {
       "RELEASE": {"annolist": annolist, "act": act,
-                  "img_train": np.array([[1] * 9 + [0] * 3], np.uint8)}})
-
-  for label, name in enumerate(UCF_CLASSES):
-    for i in range(5):
-      _write_jpeg(os.path.join(root, "bu101", name, f"{name}_{i:04d}.jpg"),
-                  rng, label, size)
-  return root
+                  "img_train": np.array([list(is_train)], np.uint8)}})
