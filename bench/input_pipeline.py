@@ -165,6 +165,7 @@ def launch_run(root, workdir, method, pipeline, steps):
            "--config.checkpoint_every=100000", "--config.max_test=40",
            f"--workdir={workdir}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
   with open(os.path.join(os.path.dirname(workdir),
                          os.path.basename(workdir) + ".log"), "w") as log:
     process = subprocess.Popen([sys.executable, "-m", "gradmix_tf.launch",

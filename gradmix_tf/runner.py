@@ -399,7 +399,8 @@ class Runner:
     `DataError` naming it (the run resumes once it is replaced)."""
     try:
       return next(inputs)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+            tf.errors.UnknownError) as err:
       self._save(step)       # the rerun resumes at this very step
       for stream, files in zip(index_streams, phase.file_sets):
         if files is not None:

@@ -329,7 +329,9 @@ def test_an_image_folder_is_a_spec(tmp_path):
     ("no_images", "no images"),
     ("broken", "cannot read image .*broken.png"),
     ("missing", "is not a folder")])
-def test_bad_image_folders_are_one_error_line(tmp_path, layout, message):
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_image_folders_are_one_error_line(tmp_path, layout, message,
+                                              stream):
   from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
   root = tmp_path / "data"
   if layout != "missing":
@@ -340,7 +342,7 @@ def test_bad_image_folders_are_one_error_line(tmp_path, layout, message):
   if layout == "broken":
     _image_folder(str(root), ["cat"], 1, broken="broken.png")
   with pytest.raises(DataError, match=message):
-    specs.load_dataset(f"folder:{root}", "", "")
+    specs.load_dataset(f"folder:{root}", "", "", stream=stream)
 
 
 def test_an_unprepared_tfds_role_is_one_error_line_from_the_launcher(
