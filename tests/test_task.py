@@ -30,14 +30,13 @@ class EntropyMinimisation(MultiSourceTask):
     optimizer = sgd.make_main_sgd(self.config)
     return [self.phase("entropy", self.config.steps, optimizer,
                        self.entropy_step(optimizer),
-                       index_sizes=self.source_sizes() + (len(self.data.u),))]
+                       with_unlabelled=True)]
 
   def entropy_step(self, optimizer):
     def step(indices):
-      u_index = distribute.replica_rows(indices[-1], self.setup.replica_batch)
       with tf.GradientTape() as tape:
         source_losses = self.source_losses(indices[:-1])
-        u_logits = self.model(tf.gather(self.u_images, u_index),
+        u_logits = self.model(self.unlabelled_batch(indices[-1]),
                               head=self.data.target_head, training=True)
         u_entropy = losses.mean_prediction_entropy(u_logits)
         total = tf.add_n(source_losses) + ENTROPY_WEIGHT * (
