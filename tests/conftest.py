@@ -147,3 +147,21 @@ def assert_one_error_line(result, *fragments):
   for fragment in fragments:
     assert fragment in lines[0], lines[0]
   return lines[0]
+
+
+def prepared_tfds(data_dir, name, splits, file_format="tfrecord"):
+  """A TFDS dataset prepared under `<data_dir>/tfds` from arrays
+  (`splits`: `{split: (images [N, h, w, c], labels)}`, 3 classes)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  shape = next(iter(splits.values()))[0].shape[1:]
+  builder = tfds.dataset_builders.TfDataBuilder(
+      name=name, version="1.0.0", data_dir=os.path.join(data_dir, "tfds"),
+      split_datasets={
+          split: tf.data.Dataset.from_tensor_slices(
+              {"image": x, "label": y}) for split, (x, y) in splits.items()},
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=shape),
+          "label": tfds.features.ClassLabel(num_classes=3)}),
+      file_format=file_format)
+  builder.download_and_prepare()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from conftest import prepared_tfds
 from gradmix_tf import config_lib
 from gradmix_tf.data import digits, experiment, mnistm
 from gradmix_tf.errors import ConfigError, DataError
@@ -248,21 +249,6 @@ def test_digits_mnistm_mnist_halves_share_no_digit():
   assert len(data.test.labels) == 25
 
 
-def _prepared_tfds(data_dir, name, splits):
-  """A TFDS dataset prepared under `<data_dir>/tfds` from arrays."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.dataset_builders.TfDataBuilder(
-      name=name, version="1.0.0", data_dir=os.path.join(data_dir, "tfds"),
-      split_datasets={
-          split: tf.data.Dataset.from_tensor_slices(
-              {"image": x, "label": y}) for split, (x, y) in splits.items()},
-      features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(8, 8, 1)),
-          "label": tfds.features.ClassLabel(num_classes=3)}))
-  builder.download_and_prepare()
-
-
 def test_a_prepared_tfds_dataset_is_a_spec(tmp_path):
   from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -270,7 +256,7 @@ def test_a_prepared_tfds_dataset_is_a_spec(tmp_path):
            np.array([0, 1, 2, 0, 1, 2]))
   test = (rng.integers(0, 256, (3, 8, 8, 1)).astype(np.uint8),
           np.array([2, 1, 0]))
-  _prepared_tfds(str(tmp_path), "tiny_digits",
+  prepared_tfds(str(tmp_path), "tiny_digits",
                  {"train": train, "test": test})
   dataset = specs.load_dataset("tfds:tiny_digits", str(tmp_path), "")
   order = np.argsort([img.tobytes() for img in dataset.x_train])

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config as _config
+from conftest import prepared_tfds
 from conftest import tiny_data as _data
 from gradmix_tf.batches import batch_indices
 from gradmix_tf.data import image_files
@@ -217,21 +218,6 @@ def test_a_streamed_folder_trains_from_the_launcher_and_names_its_classes(
   assert model["folder_labels"] == {spec: {"cat": 0, "dog": 1, "owl": 2}}
 
 
-def _prepared_tfds(data_dir, name, splits, file_format):
-  """A TFDS dataset prepared under `<data_dir>/tfds` from arrays."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.dataset_builders.TfDataBuilder(
-      name=name, version="1.0.0", data_dir=os.path.join(data_dir, "tfds"),
-      split_datasets={
-          split: tf.data.Dataset.from_tensor_slices(
-              {"image": x, "label": y}) for split, (x, y) in splits.items()},
-      features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(10, 10, 1)),
-          "label": tfds.features.ClassLabel(num_classes=3)}),
-      file_format=file_format)
-  builder.download_and_prepare()
-
-
 def test_a_streamed_tfds_dataset_reads_the_in_memory_images(tmp_path):
   from gradmix_tf.data import specs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -239,7 +225,7 @@ def test_a_streamed_tfds_dataset_reads_the_in_memory_images(tmp_path):
                       np.arange(9) % 3),
             "test": (rng.integers(0, 256, (4, 10, 10, 1)).astype(np.uint8),
                      np.array([2, 1, 0, 1]))}
-  _prepared_tfds(str(tmp_path), "records", splits, "array_record")
+  prepared_tfds(str(tmp_path), "records", splits, "array_record")
   memory = specs.load_dataset("tfds:records", str(tmp_path), "")
   stream = specs.load_dataset("tfds:records", str(tmp_path), "", stream=True)
   assert image_files.is_streamed(stream.x_train)
@@ -255,7 +241,7 @@ def test_a_streamed_tfds_dataset_reads_the_in_memory_images(tmp_path):
       conform(stream.x_train, 14, 3, "s").numpy(),
       digits.conform_images(memory.x_train, 14, 3))
   # TFRecord (TFDS's default) has no random access: read into memory.
-  _prepared_tfds(str(tmp_path), "sequential", splits, "tfrecord")
+  prepared_tfds(str(tmp_path), "sequential", splits, "tfrecord")
   fallback = specs.load_dataset("tfds:sequential", str(tmp_path), "",
                                 stream=True)
   assert isinstance(fallback.x_train, np.ndarray)

@@ -277,33 +277,23 @@ def _class_dirs(root, spec):
 def _read_split(root, labels, spec, size=None):
   """`(images [N, H, W, C] uint8, labels [N])` of one split's folders."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  images, targets = [], []
-  for name, label in labels.items():
-    directory = os.path.join(root, name)
-    if not os.path.isdir(directory):
-      continue
-    for file in sorted(os.listdir(directory)):
-      if not file.lower().endswith(IMAGE_SUFFIXES):
-        continue
-      file_path = os.path.join(directory, file)
-      try:
-        with open(file_path, "rb") as f:
-          image = tf.io.decode_image(f.read(), channels=0,
-                                     expand_animations=False)
-      except (OSError, tf.errors.InvalidArgumentError) as err:
-        raise DataError(f"{spec!r}: cannot read image {file_path} "
-                        f"({getattr(err, 'message', err)}); replace or "
-                        "remove it") from None
-      if size is None:
-        size = tuple(image.shape[:2])
-      if tuple(image.shape[:2]) != tuple(size):
-        image = tf.cast(tf.round(tf.clip_by_value(tf.image.resize(
-            image, size, antialias=True), 0, 255)), tf.uint8)
-      images.append(image.numpy())
-      targets.append(label)
-  if not images:
-    raise DataError(f"{spec!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
-                    f"the class folders of {root}")
+  images = []
+  paths, targets = _image_paths(root, labels, spec)
+  for file_path in paths:
+    try:
+      with open(file_path, "rb") as f:
+        image = tf.io.decode_image(f.read(), channels=0,
+                                   expand_animations=False)
+    except (OSError, tf.errors.InvalidArgumentError) as err:
+      raise DataError(f"{spec!r}: cannot read image {file_path} "
+                      f"({getattr(err, 'message', err)}); replace or "
+                      "remove it") from None
+    if size is None:
+      size = tuple(image.shape[:2])
+    if tuple(image.shape[:2]) != tuple(size):
+      image = tf.cast(tf.round(tf.clip_by_value(tf.image.resize(
+          image, size, antialias=True), 0, 255)), tf.uint8)
+    images.append(image.numpy())
   channels = max(image.shape[-1] for image in images)
   images = [np.repeat(image, channels, -1) if image.shape[-1] == 1 else image
             for image in images]
