@@ -201,7 +201,9 @@ def _over_rounds(results, name, rounds):
   largest, and every round's step time."""
   records = [results[n] for n in _round_names(name, rounds) if n in results]
   steps = [r["median_step_seconds"] for r in records]
+  waits = [r["median_input_wait_seconds"] for r in records]
   return {**records[0], "median_step_seconds": float(np.median(steps)),
+          "median_input_wait_seconds": float(np.median(waits)),
           "rss_mb": max(r["rss_mb"] for r in records), "rounds": steps}
 
 TEMPLATE = """\
@@ -217,14 +219,15 @@ k = 1: 101 V frames a step, batch 8 per source, {steps} steps, the first
 40 test clips with every frame) from the launcher, each run in its own
 process, on this machine ({machine}). Peak RSS is the run's `ru_maxrss`;
 step time is the median wall time of a step, waiting for its inputs
-included.
+included; input wait is the median part of a step spent waiting for them
+(`median_input_wait_seconds` in metrics.json).
 
 | data | UCF101 frames | MPII | BU101 | on disk |
 |---|---|---|---|---|
 {sizes}
 
-| run | pipeline | data | peak RSS (MB) | median step (s): over rounds (each round) | per-video test acc. |
-|---|---|---|---|---|---|
+| run | pipeline | data | peak RSS (MB) | median step (s): over rounds (each round) | input wait (ms) | per-video test acc. |
+|---|---|---|---|---|---|---|
 {runs}
 
 - Host memory with streaming: {rss_fifth:.0f} MB on `fifth`, {rss_full:.0f}
@@ -232,7 +235,9 @@ included.
   `fifth` run takes {rss_memory:.0f} MB; the full sources alone would take
   {full_memory_gb:.1f} GB decoded at 224x224 (and every test frame {test_memory_gb:.1f} GB).
 - Streamed / in-memory step time on the same batches: {stream_ratio:.3f}x
-  (bound 1.05x).
+  on `fifth`, {stream_ratio_full:.3f}x on `full` (bound 1.05x). A streamed
+  step waits {wait_fifth:.1f} ms (`fifth`) and {wait_full:.1f} ms (`full`)
+  for its inputs, {wait_share:.2f} % of the step.
 - Input throughput of the streamed pipeline alone (read, decode, resize to
   224x224, 2 cores): {ucf_rate:.0f} UCF101 frames/s, {mpii_rate:.0f} MPII
   images/s; a GradMix step needs 16 source images and takes
@@ -260,6 +265,7 @@ def report(root, results, steps, out, rounds=1):
     each = ", ".join(f"{t:.2f}" for t in r["rounds"])
     rows.append(f"| {method} | {pipeline} | `{size}` | {r['rss_mb']:.0f} | "
                 f"{r['median_step_seconds']:.2f} ({each}) | "
+                f"{1000 * r['median_input_wait_seconds']:.1f} | "
                 f"{100 * r['per_video_accuracy']:.1f} % |")
   full = _counts(os.path.join(root, "full"))
   image_bytes = 224 * 224 * 3
@@ -280,6 +286,12 @@ def report(root, results, steps, out, rounds=1):
       * image_bytes / 1e9,
       test_memory_gb=test_frames * image_bytes / 1e9,
       stream_ratio=fifth["median_step_seconds"] / gradmix,
+      stream_ratio_full=whole["median_step_seconds"] / gradmix,
+      wait_fifth=1000 * fifth["median_input_wait_seconds"],
+      wait_full=1000 * whole["median_input_wait_seconds"],
+      wait_share=100 * max(
+          r["median_input_wait_seconds"] / r["median_step_seconds"]
+          for r in (fifth, whole)),
       ucf_rate=results["throughput"]["ucf101_frames"],
       mpii_rate=results["throughput"]["mpii_images"],
       gradmix_step=gradmix, headroom=rate * gradmix / 16,
@@ -333,7 +345,8 @@ def main():
                                   method, pipeline, args.steps)
         results[name] = {"rss_mb": rss, **{
           key: metrics[key] for key in (
-                "median_step_seconds", "per_video_accuracy",
+                "median_step_seconds", "median_input_wait_seconds",
+                "per_video_accuracy",
                 "per_frame_accuracy", "wall_seconds", "num_examples")}}
         save()
         print(name, results[name], flush=True)

@@ -237,14 +237,14 @@ class Runner:
       self.best_hyperval = (best[0], best[2])
     started = time.time()
     self._seconds_at_start = (float(self.train_seconds.numpy()), started)
-    step_seconds = []
+    step_seconds, wait_seconds = [], []
     phase_start = 0
     for index, phase in enumerate(self.phases):
       phase_end = phase_start + phase.steps
       first = max(start, phase_start)
       if first < phase_end:
         self._run_phase(index, first, phase_start, phase_end, writer, curve,
-                        step_seconds)
+                        step_seconds, wait_seconds)
       if int(self.phases_finished.numpy()) <= index:
         if phase.on_end is not None:
           phase.on_end()
@@ -277,6 +277,10 @@ class Runner:
         "resumed_from_step": start,
         "median_step_seconds": (float(np.median(step_seconds))
                                 if step_seconds else None),
+        # The part of a step spent waiting for its inputs: ~0 when the
+        # pipeline keeps ahead of training (no stall).
+        "median_input_wait_seconds": (float(np.median(wait_seconds))
+                                      if wait_seconds else None),
         "skipped_steps": self._skipped_steps(),
         "num_examples": {
             **{s.name: int(len(s.y)) for s in data.sources},
@@ -298,7 +302,7 @@ class Runner:
     return metrics
 
   def _run_phase(self, index, first, phase_start, phase_end, writer, curve,
-                 step_seconds):
+                 step_seconds, wait_seconds):
     config = self.config
     phase = self.phases[index]
     index_streams = [
@@ -315,6 +319,7 @@ class Runner:
       # A step's time includes waiting for its inputs (a stall shows).
       tick = time.perf_counter()
       indices = self._next_inputs(inputs, phase, index_streams, row, step)
+      wait_seconds.append(time.perf_counter() - tick)
       stats = fn(indices)
       done = step + 1
       self.step.assign(done)

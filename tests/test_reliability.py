@@ -21,12 +21,16 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO, SHARED_DATA, assert_one_error_line, config_file
 from conftest import run_module, tiny_config, tiny_data
 from conftest import tiny_holistic_config, tiny_holistic_data
 from conftest import workdir_locked_by_another_process
 from gradmix_tf import config_lib
+from gradmix_tf import methods
+from gradmix_tf import sgd
+from gradmix_tf.tasks.multi_source import MultiSourceTask
 from gradmix_tf import workdir as run_directory
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -656,8 +660,12 @@ def _holistic_trainer(method, config_overrides, tmp_path, local_lr=0.05):
 
 # (method, how the run goes non-finite, the step it stops at, the culprit).
 # "poison": a NaN weight from the start, so steps 1-3 are all skipped and
-# nothing may move. Otherwise a rate of 1e30 in a later phase: its first
-# step applies a finite, huge update, its next three are skipped.
+# nothing may move. Otherwise a rate of 1e30 or inf in a later phase: its
+# first step applies the update its finite gradient gives, its next three
+# are skipped. At 1e30 GradMix's step names its source; the holistic steps
+# take inf, whose update (inf x g, NaN where g = 0) makes the next loss NaN
+# on any machine (at 1e30 whether the loss or only its gradient overflows
+# depends on the CPU's float arithmetic: CI's and ours differed).
 NON_FINITE_CASES = [
     ("target_only", "poison", 3, "loss/validation"),
     ("source_only", "poison", 3, "loss/s1"),
@@ -669,14 +677,59 @@ NON_FINITE_CASES = [
     ("mdda", "poison", 3, "loss/s1"),
     ("dctn", "poison", 3, "loss/s1"),
     ("holistic source_only", "poison", 3, "loss/src"),
-    ("holistic fine_tune", {"finetune_lr": 1e30}, 4 + 1 + 3,
-     "the gradients of finite losses"),
-    ("holistic distill", {"finetune_lr": 1e30}, 4 + 1 + 3,
-     "the gradients of finite losses"),
-    ("holistic lolsgd", "lolsgd", 4 + 3, "the gradients of finite losses"),
+    ("holistic fine_tune", {"finetune_lr": float("inf")}, 4 + 1 + 3,
+     "loss/target"),
+    ("holistic distill", {"finetune_lr": float("inf")}, 4 + 1 + 3,
+     "loss/target"),
+    # LoLSGD's local step at rate inf makes the same step's loss NaN.
+    ("holistic lolsgd", "lolsgd", 4 + 3, "loss/target"),
     ("holistic gradmix_distill", {"finetune_lr": 1e30}, 4 + 1 + 3,
      "source cross_entropy"),
 ]
+
+
+class FiniteLossNanGradient(MultiSourceTask):
+  """The source losses plus sqrt(|w - w|^2) of the first variable: the loss
+  stays finite (the term is 0) while its gradient is NaN everywhere (the
+  derivative of sqrt at 0, inf, times 0), on any machine."""
+
+  def make_phases(self):
+    optimizer = sgd.make_main_sgd(self.config)
+    return [self.phase("nan_gradient", self.config.steps, optimizer,
+                       self.nan_gradient_step(optimizer))]
+
+  def nan_gradient_step(self, optimizer):
+    def step(indices):
+      with tf.GradientTape() as tape:
+        source_losses = self.source_losses(indices)
+        first = self.variables[0]
+        total = tf.add_n(source_losses) + tf.sqrt(tf.reduce_sum(
+            tf.square(first - tf.stop_gradient(first))))
+      applied = self.apply_finite(optimizer,
+                                  tape.gradient(total, self.variables),
+                                  self.variables, [total])
+      return {**self.loss_outputs(source_losses), "applied": applied}
+    return step
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_named_as_such(
+    tmp_path, monkeypatch):
+  from gradmix_tf.errors import TrainingError  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
+  entry = methods.Method("nan_gradient", ("digits",),
+                         "test_reliability:FiniteLossNanGradient")
+  monkeypatch.setattr(methods, "REGISTRY", methods.REGISTRY + (entry,))
+  runner = build_runner(
+      tiny_config(method="nan_gradient", steps=6, max_consecutive_skips=3),
+      tiny_data(), str(tmp_path))
+  before = [w.numpy().copy() for w in runner.model.trainable_weights]
+  with pytest.raises(TrainingError) as raised:
+    runner.run()
+  assert raised.value.step == 3
+  assert raised.value.source == "the gradients of finite losses"
+  assert "last from the gradients of finite losses" in str(raised.value)
+  for a, b in zip(before, runner.model.trainable_weights):
+    np.testing.assert_array_equal(a, b.numpy())
 
 
 @pytest.mark.parametrize("method,how,stop_step,culprit", NON_FINITE_CASES,
@@ -690,7 +743,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
     overrides.update(how)
   if method.startswith("holistic "):
     trainer = _holistic_trainer(method.split()[1], overrides, tmp_path,
-                                local_lr=1e30 if how == "lolsgd" else 0.05)
+                                local_lr=(float("inf") if how == "lolsgd"
+                                          else 0.05))
   else:
     trainer = build_runner(tiny_config(method=method, **overrides),
                            tiny_data(), str(tmp_path))
