@@ -314,7 +314,8 @@ def test_an_image_folder_is_a_spec(tmp_path):
     ("empty", "no class sub-folders"),
     ("no_images", "no images"),
     ("broken", "cannot read image .*broken.png"),
-    ("missing", "is not a folder")])
+    ("missing", "is not a folder"),
+    ("unknown_test_class", r"test class folders \['9'\] are not train")])
 @pytest.mark.parametrize("stream", [False, True])
 def test_bad_image_folders_are_one_error_line(tmp_path, layout, message,
                                               stream):
@@ -327,6 +328,9 @@ def test_bad_image_folders_are_one_error_line(tmp_path, layout, message,
     (root / "cat" / "notes.txt").write_text("x")
   if layout == "broken":
     _image_folder(str(root), ["cat"], 1, broken="broken.png")
+  if layout == "unknown_test_class":
+    _image_folder(str(root / "train"), ["5", "7"], 1)
+    _image_folder(str(root / "test"), ["7", "9"], 1)
   with pytest.raises(DataError, match=message):
     specs.load_dataset(f"folder:{root}", "", "", stream=stream)
 

@@ -187,6 +187,11 @@ def load_folder(path, spec, stream=False):
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.info("%s: class folders labelled %s", spec, labels)
   named = None if all(name.isdigit() for name in train_classes) else labels
+  if roots["test"] is not None:
+    unknown = sorted(set(_class_dirs(roots["test"], spec)) - set(labels))
+    if unknown:
+      raise DataError(f"{spec!r}: test class folders {unknown} are not "
+                      "train class folders")
   if stream:
     return dataclasses.replace(_listed_folder(roots, labels, spec),
                                folder_labels=named)
@@ -195,10 +200,6 @@ def load_folder(path, spec, stream=False):
     x_test = np.zeros((0,) + x_train.shape[1:], np.uint8)
     y_test = np.zeros(0, np.int64)
   else:
-    unknown = sorted(set(_class_dirs(roots["test"], spec)) - set(labels))
-    if unknown:
-      raise DataError(f"{spec!r}: test class folders {unknown} are not "
-                      "train class folders")
     x_test, y_test = _read_split(roots["test"], labels, spec,
                                  size=x_train.shape[1:3])
   return dataclasses.replace(
@@ -216,11 +217,6 @@ def _listed_folder(roots, labels, spec):
     if root is None:
       splits[split] = (np.zeros(0, object), np.zeros(0, np.int64))
       continue
-    if split == "test":
-      unknown = sorted(set(_class_dirs(root, spec)) - set(labels))
-      if unknown:
-        raise DataError(f"{spec!r}: test class folders {unknown} are not "
-                        "train class folders")
     paths, targets = _image_paths(root, labels, spec)
     splits[split] = (np.asarray(paths, object), np.asarray(targets, np.int64))
   first = splits["train"][0][0]
