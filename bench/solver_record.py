@@ -35,6 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from report import replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 ONE_SOURCE = 0.99      # a step "puts everything on one source" above this
 METHOD_OF = {"exact": ("gradmix", "exact"), "slsqp": ("gradmix", "slsqp"),
              "meta_sgd": ("gradmix_sgd", "exact")}
@@ -118,6 +120,69 @@ def summarize(weights, cosines, layer_names, source_names):
   } for l, name in enumerate(layer_names)}
 
 
+TEMPLATE = """\
+### Why GradMix (exact) and GradMix SGD differ: the weights they put on the sources
+
+    {command}
+
+`{config}`, k = {k}, seeds {seeds}, the first phase's {steps} steps of each
+run recorded step by step (`bench/solver_record.py`): per solver and trunk
+layer, the share of steps whose weights put >= {one_source} on one source,
+the mean weight of each source, and the mean cosine between consecutive
+steps' mixed gradients `sum_i w~_i g_i` (mean over seeds; range over seeds
+in brackets). Plot: the first source's weight per layer over the steps of
+the first seed, one panel per solver.
+
+| solver | seeds | layer | one-source steps | {weight_columns} | cosine, consecutive mixed gradients |
+|---|---|---|---|{weight_rule}---|
+{rows}
+
+![source weights per step](solver_weights.png)
+"""
+
+
+def _spread(values, digits=2):
+  values = np.asarray(values, float)
+  return (f"{values.mean():.{digits}f} ({values.min():.{digits}f}-"
+          f"{values.max():.{digits}f})")
+
+
+def report_rows(result):
+  """Markdown rows (solver, layer) of the summaries over seeds."""
+  rows = []
+  for solver, runs in result["solvers"].items():
+    if not runs:
+      continue
+    summaries = [run["summary"] for _, run in sorted(runs.items())]
+    for layer, first in summaries[0].items():
+      cells = [_spread([100 * s[layer]["one_source_share"]
+                        for s in summaries], 1) + " %"]
+      cells += [_spread([s[layer]["mean_weight"][source] for s in summaries])
+                for source in first["mean_weight"]]
+      cells.append(_spread([s[layer]["mean_consecutive_cosine"]
+                            for s in summaries], 3))
+      rows.append(f"| {solver} | {','.join(sorted(runs, key=int))} | "
+                  f"{layer} | " + " | ".join(cells) + " |")
+  return rows
+
+
+def write_report(result, args):
+  """The table of `result` into `args.results` (block `solver_record`)."""
+  runs = next(r for r in result["solvers"].values() if r)
+  sources = list(next(iter(runs.values()))["summary"].values())[0][
+      "mean_weight"]
+  text = TEMPLATE.format(
+      command=(f"python bench/solver_record.py --config={args.config} "
+               f"--seeds={args.seeds} --solvers={args.solvers} --k={args.k} "
+               f"--steps={args.steps}"),
+      config=args.config, k=args.k, seeds=args.seeds, steps=args.steps,
+      one_source=ONE_SOURCE,
+      weight_columns=" | ".join(f"mean weight of {s}" for s in sources),
+      weight_rule="---|" * len(sources), rows="\n".join(report_rows(result)))
+  replace_block(args.results, "solver_record", text)
+  print(text)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="digits_mnistm_mnist")
@@ -129,7 +194,14 @@ def main():
                                                     "solver_record.json"))
   parser.add_argument("--plot", default=os.path.join(REPO, "docs",
                                                      "solver_weights.png"))
+  parser.add_argument("--results", default=os.path.join(REPO, "docs",
+                                                        "RESULTS.md"))
+  parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
+  if args.report_only:
+    with open(args.out) as f:
+      write_report(json.load(f), args)
+    return
   import tempfile  # pylint: disable=g-import-not-at-top
   from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
   from gradmix_tf.data import build_experiment  # pylint: disable=g-import-not-at-top
@@ -164,6 +236,7 @@ def main():
       print(f"{solver} seed {seed}: "
             f"{json.dumps(done[str(seed)]['summary'])}", flush=True)
   plot_weights(result, args.plot)
+  write_report(result, args)
 
 
 def plot_weights(result, path):

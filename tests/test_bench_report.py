@@ -298,6 +298,22 @@ def test_solver_record_summary_by_hand():
   assert record.cosine(np.zeros(2), np.ones(2)) == 0.0
 
 
+def test_solver_record_rows_are_the_mean_and_range_over_seeds():
+  record = _load("solver_record")
+
+  def summary(share, weight_a, cos):
+    return {"conv1": {"one_source_share": share,
+                      "mean_weight": {"a": weight_a, "b": 1 - weight_a},
+                      "mean_consecutive_cosine": cos}}
+
+  result = {"solvers": {"exact": {"0": {"summary": summary(0.8, 0.4, 0.01)},
+                                  "2": {"summary": summary(0.6, 0.6, 0.03)}},
+                        "slsqp": {}}}
+  assert record.report_rows(result) == [
+      "| exact | 0,2 | conv1 | 70.0 (60.0-80.0) % | 0.50 (0.40-0.60) | "
+      "0.50 (0.40-0.60) | 0.020 (0.010-0.030) |"]
+
+
 def test_solver_record_of_a_tiny_run_matches_its_steps(tmp_path):
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
   from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
