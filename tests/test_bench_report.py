@@ -45,6 +45,24 @@ def test_mean_and_standard_error():
   assert table1.mean_se([0.5]) == "50.00"
 
 
+def test_a_config_table_has_final_best_h_paper_and_seed_counts(tmp_path):
+  table1 = _load("table1")
+  runs_dir = str(tmp_path / "runs")
+  for seed, (final, best) in enumerate([(0.90, 0.91), (0.94, 0.93)]):
+    workdir = table1.run_dir(runs_dir, "gradmix", 2, seed)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump({"test_accuracy": final, "metrics_version": 2,
+                 "test_accuracy_at_best_hyperval": best,
+                 "train_seconds": 60.0, "wall_seconds": 70.0}, f)
+  rows, minutes = table1.table_rows(runs_dir, [0, 1, 2], [2])
+  # 0.90, 0.94: mean 92.00, sd 2.83, se 2.00; best-H 92.00 ± 1.00.
+  assert rows[-1] == ("| GradMix | 92.00 ± 2.00 | 92.00 ± 1.00 | "
+                      "91.17 ± 0.37 | 2 |")
+  assert rows[2].startswith("| Target only | – | – | 71.35 ± 1.85 | 0 |")
+  assert minutes == pytest.approx(2.0)
+
+
 def _fake_launcher(tmp_path, exit_status, error):
   """A stand-in for `python -m gradmix_tf.launch`: counts its calls, prints
   `error`, exits with `exit_status`."""
