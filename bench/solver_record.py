@@ -138,7 +138,63 @@ the first seed, one panel per solver.
 {rows}
 
 ![source weights per step](solver_weights.png)
+
+Final H and test accuracy of the launcher's runs of the same cells
+(`bench/health.py`, 2000 steps; `slsqp`: `--extra=--config.solver=slsqp
+--variant=slsqp`), per seed, and each solver against `exact` paired by seed
+(points; Wilcoxon p, two-sided, cannot fall below 0.25 with 3 seeds):
+
+| solver | seeds | final H % (per seed) | final H % mean | final test % mean | H − exact H (points, per seed) | Wilcoxon p |
+|---|---|---|---|---|---|---|
+{outcome_rows}
 """
+
+# Where the launcher's runs of each solver are, under `--health_runs`:
+# (variant folder, method).
+HEALTH_RUNS = {"exact": ("default", "gradmix"),
+               "slsqp": ("slsqp", "gradmix"),
+               "meta_sgd": ("default", "gradmix_sgd")}
+
+
+def final_accuracies(health_runs, solver, k, seeds):
+  """`{seed: (final H, final test)}` of the finished runs of `solver`."""
+  variant, method = HEALTH_RUNS[solver]
+  found = {}
+  for seed in seeds:
+    path = os.path.join(health_runs, variant, method, f"k{k}_seed{seed}",
+                        "metrics.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        metrics = json.load(f)
+      found[seed] = (metrics["hyperval_accuracy"], metrics["test_accuracy"])
+  return found
+
+
+def outcome_rows(health_runs, solvers, k, seeds):
+  """Markdown rows: each solver's final H / test, and H paired with exact."""
+  import paired  # pylint: disable=g-import-not-at-top
+  exact = {s: h for s, (h, _) in final_accuracies(
+      health_runs, "exact", k, seeds).items()}
+  rows = []
+  for solver in solvers:
+    found = final_accuracies(health_runs, solver, k, seeds)
+    if not found:
+      continue
+    h = {s: v[0] for s, v in found.items()}
+    cells = [", ".join(f"{s}: {100 * h[s]:.2f}" for s in sorted(h)),
+             f"{100 * np.mean(list(h.values())):.2f}",
+             f"{100 * np.mean([v[1] for v in found.values()]):.2f}"]
+    if solver == "exact":
+      cells += ["–", "–"]
+    else:
+      d = paired.paired_difference(h, exact)
+      cells += [", ".join(f"{s}: {x:+.2f}" for s, x in zip(d["seeds"],
+                                                           d["differences"])),
+                f"{d['p']:.2f}"]
+    rows.append(f"| {solver} | {','.join(map(str, sorted(h)))} | "
+                + " | ".join(cells) + " |")
+  return rows
+
 
 
 def _spread(values, digits=2):
@@ -178,7 +234,10 @@ def write_report(result, args):
       config=args.config, k=args.k, seeds=args.seeds, steps=args.steps,
       one_source=ONE_SOURCE,
       weight_columns=" | ".join(f"mean weight of {s}" for s in sources),
-      weight_rule="---|" * len(sources), rows="\n".join(report_rows(result)))
+      weight_rule="---|" * len(sources), rows="\n".join(report_rows(result)),
+      outcome_rows="\n".join(outcome_rows(
+          args.health_runs, list(result["solvers"]), args.k,
+          [int(s) for s in args.seeds.split(",")])))
   replace_block(args.results, "solver_record", text)
   print(text)
 
@@ -197,6 +256,10 @@ def main():
   parser.add_argument("--results", default=os.path.join(REPO, "docs",
                                                         "RESULTS.md"))
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--health_runs", default=os.path.join(
+      REPO, "docs", "run_records", "health", "digits_mnistm_mnist"),
+                      help="bench/health.py's runs of this config: "
+                      "<variant>/<method>/k<k>_seed<seed>")
   args = parser.parse_args()
   if args.report_only:
     with open(args.out) as f:

@@ -332,6 +332,24 @@ def test_solver_record_rows_are_the_mean_and_range_over_seeds():
       "0.50 (0.40-0.60) | 0.020 (0.010-0.030) |"]
 
 
+def test_solver_outcomes_pair_each_solver_with_exact_by_seed(tmp_path):
+  record = _load("solver_record")
+  for variant, method, seed, h in [("default", "gradmix", 0, 0.990),
+                                   ("default", "gradmix", 1, 0.995),
+                                   ("slsqp", "gradmix", 0, 0.993),
+                                   ("slsqp", "gradmix", 1, 0.990)]:
+    workdir = tmp_path / variant / method / f"k2_seed{seed}"
+    workdir.mkdir(parents=True)
+    (workdir / "metrics.json").write_text(json.dumps(
+        {"hyperval_accuracy": h, "test_accuracy": h - 0.01}))
+  rows = record.outcome_rows(str(tmp_path), ["exact", "slsqp", "meta_sgd"],
+                             2, [0, 1, 2])
+  assert rows == [
+      "| exact | 0,1 | 0: 99.00, 1: 99.50 | 99.25 | 98.25 | – | – |",
+      "| slsqp | 0,1 | 0: 99.30, 1: 99.00 | 99.15 | 98.15 | "
+      "0: +0.30, 1: -0.50 | 1.00 |"]
+
+
 def test_solver_record_of_a_tiny_run_matches_its_steps(tmp_path):
   from conftest import tiny_config, tiny_data  # pylint: disable=g-import-not-at-top
   from gradmix_tf.runner import build_runner  # pylint: disable=g-import-not-at-top
