@@ -18,9 +18,9 @@ Per solver and trunk layer, over seeds and steps, it reports the share of
 steps whose weights put (almost) everything on one source (largest weight
 >= 0.99), the mean weight of each source, and the mean cosine between
 consecutive mixed gradients; writes `--out` (JSON; resumable: finished
-(solver, seed) records are kept) and, with matplotlib, `--plot`: the first
-source's weight per trunk layer over the steps of the first seed, one panel
-per solver. Final H accuracy comes from the launcher's runs
+(solver, seed) records are kept) and, with matplotlib, `--plot`: for the
+first seed, one column per solver, the running mean of the first source's
+weight per trunk layer and its histogram over steps and layers. Final H accuracy comes from the launcher's runs
 (`bench/health.py`), not from here.
 """
 
@@ -263,7 +263,9 @@ def main():
   args = parser.parse_args()
   if args.report_only:
     with open(args.out) as f:
-      write_report(json.load(f), args)
+      result = json.load(f)
+    plot_weights(result, args.plot)
+    write_report(result, args)
     return
   import tempfile  # pylint: disable=g-import-not-at-top
   from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
@@ -302,8 +304,14 @@ def main():
   write_report(result, args)
 
 
+SMOOTHING = 50     # steps in the plot's running mean
+
+
 def plot_weights(result, path):
-  """Source 0's weight per layer and step, first seed, one panel a solver."""
+  """One column per solver (first seed): the running mean over SMOOTHING
+  steps of source 1's weight per layer (top), and the histogram of that
+  weight over every step and layer (bottom: at 0 and 1 the step put
+  everything on one source)."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")
@@ -313,17 +321,23 @@ def plot_weights(result, path):
   solvers = [name for name, runs in result["solvers"].items() if runs]
   if not solvers:
     return
-  fig, axes = plt.subplots(1, len(solvers), figsize=(5 * len(solvers), 3.4),
-                           squeeze=False, sharey=True)
-  for axis, solver in zip(axes[0], solvers):
+  fig, axes = plt.subplots(2, len(solvers), figsize=(5 * len(solvers), 6),
+                           squeeze=False, sharey="row")
+  window = np.ones(SMOOTHING) / SMOOTHING
+  for column, solver in enumerate(solvers):
     seed = sorted(result["solvers"][solver], key=int)[0]
     run = result["solvers"][solver][seed]
     weights = np.asarray(run["weights"])
+    top, bottom = axes[0][column], axes[1][column]
     for l, layer in enumerate(run["layers"]):
-      axis.plot(weights[:, l, 0], lw=0.6, label=layer)
-    axis.set_title(f"{solver}, seed {seed}")
-    axis.set_xlabel("step")
-  axes[0][0].set_ylabel("weight of source 1")
+      top.plot(np.convolve(weights[:, l, 0], window, mode="valid"), lw=0.8,
+               label=layer)
+    top.set_title(f"{solver}, seed {seed}")
+    top.set_xlabel("step")
+    bottom.hist(weights[:, :, 0].ravel(), bins=20, range=(0, 1))
+    bottom.set_xlabel("weight of source 1 (every step and layer)")
+  axes[0][0].set_ylabel(f"weight of source 1, mean of {SMOOTHING} steps")
+  axes[1][0].set_ylabel("steps x layers")
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
