@@ -20,8 +20,8 @@ steps whose weights put (almost) everything on one source (largest weight
 consecutive mixed gradients; writes `--out` (JSON; resumable: finished
 (solver, seed) records are kept) and, with matplotlib, `--plot`: for the
 first seed, one column per solver, the running mean of the first source's
-weight per trunk layer and its histogram over steps and layers. Final H accuracy comes from the launcher's runs
-(`bench/health.py`), not from here.
+weight per trunk layer and its histogram over steps and layers. Final H
+accuracy comes from the launcher's runs (`bench/health.py`), not from here.
 """
 
 import argparse
@@ -130,8 +130,9 @@ run recorded step by step (`bench/solver_record.py`): per solver and trunk
 layer, the share of steps whose weights put >= {one_source} on one source,
 the mean weight of each source, and the mean cosine between consecutive
 steps' mixed gradients `sum_i w~_i g_i` (mean over seeds; range over seeds
-in brackets). Plot: the first source's weight per layer over the steps of
-the first seed, one panel per solver.
+in brackets). Plot, first seed, one column per solver: the running mean
+over {smoothing} steps of the first source's weight per layer, and its
+histogram over every step and layer.
 
 | solver | seeds | layer | one-source steps | {weight_columns} | cosine, consecutive mixed gradients |
 |---|---|---|---|{weight_rule}---|
@@ -158,11 +159,12 @@ HEALTH_RUNS = {"exact": ("default", "gradmix"),
 
 def final_accuracies(health_runs, solver, k, seeds):
   """`{seed: (final H, final test)}` of the finished runs of `solver`."""
+  import table1  # pylint: disable=g-import-not-at-top
   variant, method = HEALTH_RUNS[solver]
   found = {}
   for seed in seeds:
-    path = os.path.join(health_runs, variant, method, f"k{k}_seed{seed}",
-                        "metrics.json")
+    path = os.path.join(table1.run_dir(os.path.join(health_runs, variant),
+                                       method, k, seed), "metrics.json")
     if os.path.isfile(path):
       with open(path) as f:
         metrics = json.load(f)
@@ -194,7 +196,6 @@ def outcome_rows(health_runs, solvers, k, seeds):
     rows.append(f"| {solver} | {','.join(map(str, sorted(h)))} | "
                 + " | ".join(cells) + " |")
   return rows
-
 
 
 def _spread(values, digits=2):
@@ -232,7 +233,7 @@ def write_report(result, args):
                f"--seeds={args.seeds} --solvers={args.solvers} --k={args.k} "
                f"--steps={args.steps}"),
       config=args.config, k=args.k, seeds=args.seeds, steps=args.steps,
-      one_source=ONE_SOURCE,
+      one_source=ONE_SOURCE, smoothing=SMOOTHING,
       weight_columns=" | ".join(f"mean weight of {s}" for s in sources),
       weight_rule="---|" * len(sources), rows="\n".join(report_rows(result)),
       outcome_rows="\n".join(outcome_rows(
