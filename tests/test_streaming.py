@@ -250,12 +250,15 @@ def test_a_streamed_tfds_dataset_reads_the_in_memory_images(tmp_path):
 
 def _slowed(files, seconds):
   """`files` whose decoder sleeps `seconds` per image (a slow disk)."""
+  def sleep_then(image):
+    time.sleep(seconds)
+    return image
+
   def decode(contents):
     image = files.decode(contents)
-    return tf.py_function(lambda x: (time.sleep(seconds), x)[1], [image],
-                          image.dtype)
-  return dataclasses.replace(files, decode=lambda c: tf.ensure_shape(
-      decode(c), files.shape))
+    return tf.ensure_shape(tf.py_function(sleep_then, [image], image.dtype),
+                           files.shape)
+  return dataclasses.replace(files, decode=decode)
 
 
 def test_a_stalled_pipeline_shows_as_input_wait(tmp_path):
