@@ -17,7 +17,8 @@ import argparse
 import os
 import shutil
 
-KEPT_FILES = ("metrics.json", "config.json")
+KEPT_FILES = ("metrics.json", "config.json", "grid.json", "grid.md",
+              "pseudo_labels.json")   # the last three: label pipelines
 KEPT_FOLDERS = ("tb",)
 
 

@@ -1,11 +1,14 @@
-r"""GradMF on `digits_mnistm`, beside Table 1's source only, fine-tune and GradMix.
+r"""GradMF on a digit twin, beside Table 1's source only, fine-tune and GradMix.
 
-Runs each GradMF variant for every (seed, k) through the launcher (resumable
-like `bench/table1.py`: a run with `metrics.json` is skipped) and writes the
-`gradmf` block of `docs/RESULTS.md`. The reference rows are read from the
-Table 1 runs (`--table1_dir`), not rerun.
+Runs each GradMF variant for every (seed, k) of `--config` through the
+launcher (resumable like `bench/table1.py`: a run with `metrics.json` is
+skipped) and writes the `gradmf` block of `docs/RESULTS.md`
+(`gradmf_<config>` for another twin than `digits_mnistm`). The reference
+rows are read from the Table 1 runs (`--table1_dir`), not rerun.
 
     python bench/gradmf.py --seeds=0,1,2 --ks=2,5
+    python bench/gradmf.py --config=digits_mnistm_mnist \
+        --table1_dir=docs/run_records/health/digits_mnistm_mnist/default
     python bench/gradmf.py --report_only
 """
 
@@ -56,21 +59,25 @@ def write_report(args, seeds, ks):
     row(label, args.runs_dir, name)
   command = (f"python bench/gradmf.py --seeds={','.join(map(str, seeds))} "
              f"--ks={','.join(map(str, ks))} --steps={args.steps}")
+  block = "gradmf"
+  if args.config != "digits_mnistm":
+    command += f" --config={args.config} --table1_dir={args.table1_dir}"
+    block = f"gradmf_{args.config}"
   text = TEMPLATE.format(table="\n".join(rows), command=command,
-                         minutes=minutes, steps=args.steps)
-  replace_block(args.out, "gradmf", text)
+                         minutes=minutes, steps=args.steps,
+                         config=args.config)
+  replace_block(args.out, block, text)
   print(text)
 
 
-TEMPLATE = """## GradMF (related method) on `digits_mnistm`
+TEMPLATE = """## GradMF (related method) on `{config}`
 
 Same splits, network, {steps} steps, batch 32 per source, SGD momentum 0.9
-as Table 1 (lr 0.05 unless the row says otherwise: at 0.05 the projection
-diverged, non-finite from step 116 on, seed 0, k=2, log kept in
-`runs/gradmf_projection_lr0.05_diverged/`); `G_s` = the sum of the two
-source gradients,
-`G_t` = the gradient on V; heads V does not reach (MNIST-M 0-4) get their
-source's gradient. Test accuracy (%), mean ± standard error over seeds.
+and training protocol as Table 1 (lr 0.05 unless the row says otherwise: at
+0.05 the projection diverged on `digits_mnistm` under the paper protocol,
+non-finite from step 116 on, seed 0, k=2); `G_s` = the sum of the two
+source gradients, `G_t` = the gradient on V; the head V does not reach
+(digits 0-4) gets its source's gradient. Test accuracy (%), mean ± standard error over seeds.
 The GradMF paper has no result on this setting; the first rows are the
 Table 1 runs above, for reference.
 
@@ -85,6 +92,7 @@ machine):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="digits_mnistm")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--ks", default="2,5")
   parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -104,7 +112,8 @@ def main():
       for k in ks:
         for name in args.variants.split(","):
           status = table1.run_one(args.runs_dir, "gradmf", k, seed,
-                                  args.steps, VARIANTS[name][1], variant=name)
+                                  args.steps, VARIANTS[name][1], variant=name,
+                                  config=args.config)
           print(f"seed {seed} k={k} {name}: {status}", flush=True)
   write_report(args, seeds, ks)
 

@@ -10,6 +10,8 @@ Writes a PNG (test accuracy and pseudo-label count against R) and the
 
     python bench/r_ablation.py --k=2 --seed=0
     python bench/r_ablation.py --k=2 --seed=0 --report_only
+    python bench/r_ablation.py --config=digits_mnistm_mnist --k=2 --seed=0 \
+        --stage1_dir=runs/baselines/stage1/k2_seed0
 """
 
 import argparse
@@ -29,7 +31,7 @@ def run_dir(args, members):
 def flags(args, members):
   stage1 = args.stage1_dir or os.path.join(
       table1.REPO, "runs", "baselines", "stage1", f"k{args.k}_seed{args.seed}")
-  return ["--config=digits_mnistm", "--config.method=gradmix_hard_label",
+  return [f"--config={args.config}", "--config.method=gradmix_hard_label",
           f"--config.k={args.k}", f"--config.seed={args.seed}",
           f"--config.steps={args.steps}",
           f"--config.pseudo_label.members={members}",
@@ -84,6 +86,13 @@ def plot(found, path):
 
 def write_report(args, members_list):
   found = load(args, members_list)
+  command = (f"python bench/r_ablation.py --k={args.k} --seed={args.seed} "
+             f"--members={','.join(map(str, members_list))}")
+  block = "fig4"
+  if args.config != "digits_mnistm":
+    command += (f" --config={args.config} --stage1_dir={args.stage1_dir}"
+                f" --runs_dir={args.runs_dir}")
+    block = f"fig4_{args.config}"
   rows = ["| R | test final | test best-H | hard labels | of them correct |",
           "|---|---|---|---|---|"]
   for members in members_list:
@@ -104,13 +113,12 @@ def write_report(args, members_list):
       figure=(f"![R ablation]({os.path.relpath(args.png, os.path.dirname(args.out))})"
               if drawn else "(figure not drawn: no finished run or no "
               "matplotlib)"),
-      command=(f"python bench/r_ablation.py --k={args.k} --seed={args.seed} "
-               f"--members={','.join(map(str, members_list))}"))
-  replace_block(args.out, "fig4", text)
+      config=args.config, command=command)
+  replace_block(args.out, block, text)
   print(text)
 
 
-TEMPLATE = """## Fig. 4: the number R of ensemble members (`digits_mnistm`)
+TEMPLATE = """## Fig. 4: the number R of ensemble members (`{config}`)
 
 Hard-label pipeline, k={k}, seed {seed} (one seed: a measurement of this
 seed, not a mean): stage 1 is the grid beta ({betas}) x gamma ({gammas}),
@@ -130,6 +138,7 @@ Command (resumable):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="digits_mnistm")
   parser.add_argument("--k", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--members", default="1,2,3,4,5")
@@ -140,13 +149,18 @@ def main():
                       help="default: runs/baselines/stage1/k<k>_seed<seed>")
   parser.add_argument("--runs_dir", default=os.path.join(
       table1.REPO, "runs", "r_ablation"))
-  parser.add_argument("--png", default=os.path.join(
-      table1.REPO, "docs", "fig4_r_ablation.png"))
+  parser.add_argument("--png", default="",
+                      help="default: docs/fig4_r_ablation.png, "
+                      "docs/fig4_r_ablation_<config>.png for another twin")
   parser.add_argument("--out", default=os.path.join(table1.REPO, "docs",
                                                     "RESULTS.md"))
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
   members_list = [int(r) for r in args.members.split(",")]
+  if not args.png:
+    suffix = "" if args.config == "digits_mnistm" else f"_{args.config}"
+    args.png = os.path.join(table1.REPO, "docs",
+                            f"fig4_r_ablation{suffix}.png")
   if not args.report_only:
     for members in members_list:
       status = runs.launch(run_dir(args, members), flags(args, members))

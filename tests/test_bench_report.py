@@ -118,10 +118,12 @@ def test_fig4_report_lists_every_r_and_draws_what_finished(tmp_path):
   out = tmp_path / "RESULTS.md"
   out.write_text("# Results\n")
   args = argparse.Namespace(
-      k=2, seed=0, betas="5.0,10.0", gammas="0.3,0.6,0.9", steps=2000,
+      config="digits_mnistm", k=2, seed=0, betas="5.0,10.0",
+      gammas="0.3,0.6,0.9", steps=2000, stage1_dir="",
       runs_dir=str(runs_dir), png=str(tmp_path / "fig4.png"), out=str(out))
   r_ablation.write_report(args, [1, 2, 3])
   text = out.read_text()
+  assert "<!-- fig4:start -->" in text and "(`digits_mnistm`)" in text
   assert "| 1 | 92.88 | 94.22 | 11138 of 13692 | 95.09 |" in text
   assert "| 2 | – | – | – | – |" in text
   assert "| 3 | 86.18 | 93.52 | 7225 of 13692 | 99.76 |" in text
@@ -130,6 +132,14 @@ def test_fig4_report_lists_every_r_and_draws_what_finished(tmp_path):
   del matplotlib
   assert (tmp_path / "fig4.png").stat().st_size > 0
   assert "![R ablation](fig4.png)" in text
+  # Another twin gets its own block, and its command names the twin and
+  # the grid it shares.
+  args.config, args.stage1_dir = "digits_mnistm_mnist", "grid"
+  r_ablation.write_report(args, [1, 2, 3])
+  text = out.read_text()
+  assert "<!-- fig4:start -->" in text
+  assert "<!-- fig4_digits_mnistm_mnist:start -->" in text
+  assert "--config=digits_mnistm_mnist --stage1_dir=grid" in text
 
 
 def test_warmup_report_pairs_each_run_with_its_unwarmed_twin(tmp_path):
@@ -391,7 +401,8 @@ def test_archive_keeps_finished_runs_without_checkpoints(tmp_path):
   done = runs / "gradmix" / "k2_seed0"
   (done / "tb").mkdir(parents=True)
   (done / "checkpoints").mkdir()
-  for name in ("metrics.json", "config.json", "tb/events", "checkpoints/c"):
+  for name in ("metrics.json", "config.json", "pseudo_labels.json",
+               "tb/events", "checkpoints/c"):
     (done / name).write_text("{}")
   unfinished = runs / "gradmix" / "k2_seed1"
   unfinished.mkdir()
@@ -400,5 +411,6 @@ def test_archive_keeps_finished_runs_without_checkpoints(tmp_path):
   assert archive_runs.archive(str(runs), str(out)) == 1
   kept = out / "gradmix" / "k2_seed0"
   assert (kept / "metrics.json").exists() and (kept / "tb" / "events").exists()
+  assert (kept / "pseudo_labels.json").exists()   # a label pipeline's record
   assert not (kept / "checkpoints").exists()
   assert not (out / "gradmix" / "k2_seed1").exists()
