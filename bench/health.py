@@ -177,6 +177,14 @@ def health_table(runs_dir, methods, ks, seeds):
   return rows, minutes, finals
 
 
+def paired_section(finals, ks):
+  """The paired table of `finals`, or nothing when no pair of methods ran."""
+  rows = paired.paired_rows(finals, table1.LABELS, ks)
+  if len(rows) <= 2:   # the header alone
+    return ""
+  return PAIRED_TEMPLATE.format(rows="\n".join(rows))
+
+
 TEMPLATE = """### Training health: `{config}`{variant_title}
 
 Dead: final H accuracy within 5 points of chance, or every loss logged over
@@ -189,11 +197,13 @@ training. Command (resumable):
 
 {table}
 
-Paired by seed (same V, same initial weights), final test accuracy
-(`bench/paired.py`; Wilcoxon signed-rank, two-sided):
-
 {paired}
 """
+
+PAIRED_TEMPLATE = """Paired by seed (same V, same initial weights), final test accuracy
+(`bench/paired.py`; Wilcoxon signed-rank, two-sided):
+
+{rows}"""
 
 
 def main():
@@ -234,6 +244,8 @@ def main():
   command = " ".join(
       ["python bench/health.py", f"--config={args.config}",
        f"--seeds={args.seeds}", f"--ks={args.ks}", f"--steps={args.steps}"]
+      + ([f"--methods={args.methods}"]
+         if methods != list(METHODS) else [])
       + [f"--extra={e}" for e in args.extra]
       + ([f"--variant={args.variant}"] if args.variant else []))
   text = TEMPLATE.format(
@@ -242,7 +254,7 @@ def main():
       " (the config's own protocol)",
       seeds=args.seeds, minutes=minutes, command=command,
       table="\n".join(rows),
-      paired="\n".join(paired.paired_rows(finals, table1.LABELS, ks)))
+      paired=paired_section(finals, ks))
   replace_block(args.out, f"health_{args.config}_{args.variant or 'default'}",
                 text)
   print(text)
