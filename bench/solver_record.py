@@ -121,7 +121,7 @@ def summarize(weights, cosines, layer_names, source_names):
 
 
 TEMPLATE = """\
-### Why GradMix (exact) and GradMix SGD differ: the weights they put on the sources
+### Why GradMix (exact) and GradMix SGD differ: the weights they put on the sources (`{config}`)
 
     {command}
 
@@ -223,8 +223,27 @@ def report_rows(result):
   return rows
 
 
+def block_name(config, default_config="digits_mnistm_mnist"):
+  """`solver_record` for the twin, `solver_record_<config>` for another."""
+  return ("solver_record" if config == default_config
+          else f"solver_record_{config}")
+
+
+def default_paths(args):
+  """Fills --out, --plot and --health_runs left empty, per config (the
+  twin keeps the names `solver_record.json` and `solver_weights.png`)."""
+  suffix = "" if block_name(args.config) == "solver_record" else (
+      "_" + args.config)
+  docs = os.path.join(REPO, "docs")
+  args.out = args.out or os.path.join(docs, f"solver_record{suffix}.json")
+  args.plot = args.plot or os.path.join(docs, f"solver_weights{suffix}.png")
+  args.health_runs = args.health_runs or os.path.join(
+      docs, "run_records", "health", args.config)
+
+
 def write_report(result, args):
-  """The table of `result` into `args.results` (block `solver_record`)."""
+  """The table of `result` into `args.results` (block `solver_record`, or
+  `solver_record_<config>` for another config than the twin)."""
   runs = next(r for r in result["solvers"].values() if r)
   sources = list(next(iter(runs.values()))["summary"].values())[0][
       "mean_weight"]
@@ -239,7 +258,7 @@ def write_report(result, args):
       outcome_rows="\n".join(outcome_rows(
           args.health_runs, list(result["solvers"]), args.k,
           [int(s) for s in args.seeds.split(",")])))
-  replace_block(args.results, "solver_record", text)
+  replace_block(args.results, block_name(args.config), text)
   print(text)
 
 
@@ -250,18 +269,19 @@ def main():
   parser.add_argument("--solvers", default="exact,slsqp,meta_sgd")
   parser.add_argument("--k", type=int, default=2)
   parser.add_argument("--steps", type=int, default=2000)
-  parser.add_argument("--out", default=os.path.join(REPO, "docs",
-                                                    "solver_record.json"))
-  parser.add_argument("--plot", default=os.path.join(REPO, "docs",
-                                                     "solver_weights.png"))
+  parser.add_argument("--out", default="",
+                      help="default: docs/solver_record[_<config>].json")
+  parser.add_argument("--plot", default="",
+                      help="default: docs/solver_weights[_<config>].png")
   parser.add_argument("--results", default=os.path.join(REPO, "docs",
                                                         "RESULTS.md"))
   parser.add_argument("--report_only", action="store_true")
-  parser.add_argument("--health_runs", default=os.path.join(
-      REPO, "docs", "run_records", "health", "digits_mnistm_mnist"),
+  parser.add_argument("--health_runs", default="",
                       help="bench/health.py's runs of this config: "
-                      "<variant>/<method>/k<k>_seed<seed>")
+                      "<variant>/<method>/k<k>_seed<seed> (default: "
+                      "docs/run_records/health/<config>)")
   args = parser.parse_args()
+  default_paths(args)
   if args.report_only:
     with open(args.out) as f:
       result = json.load(f)

@@ -342,6 +342,24 @@ def test_solver_record_rows_are_the_mean_and_range_over_seeds():
       "0.50 (0.40-0.60) | 0.020 (0.010-0.030) |"]
 
 
+def test_solver_record_files_and_block_are_per_config():
+  record = _load("solver_record")
+  twin = argparse.Namespace(config="digits_mnistm_mnist", out="", plot="",
+                            health_runs="")
+  other = argparse.Namespace(config="digits_mnistm", out="", plot="x.png",
+                             health_runs="")
+  record.default_paths(twin)
+  record.default_paths(other)
+  assert os.path.basename(twin.out) == "solver_record.json"
+  assert os.path.basename(twin.plot) == "solver_weights.png"
+  assert os.path.basename(other.out) == "solver_record_digits_mnistm.json"
+  assert other.plot == "x.png"          # a path given is kept
+  assert other.health_runs.endswith(
+      os.path.join("run_records", "health", "digits_mnistm"))
+  assert record.block_name("digits_mnistm_mnist") == "solver_record"
+  assert record.block_name("digits_mnistm") == "solver_record_digits_mnistm"
+
+
 def test_solver_outcomes_pair_each_solver_with_exact_by_seed(tmp_path):
   record = _load("solver_record")
   for variant, method, seed, h in [("default", "gradmix", 0, 0.990),
