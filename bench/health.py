@@ -127,7 +127,6 @@ def run_health(workdir):
       "best_minus_final": (metrics["best_hyperval_accuracy"]
                            - metrics["hyperval_accuracy"]),
       "late_h_std": float(late.std()) if len(late) > 1 else 0.0,
-      "final_h": metrics["hyperval_accuracy"],
       "test": metrics["test_accuracy"],
       "test_at_best_h": metrics["test_accuracy_at_best_hyperval"],
       "train_seconds": metrics.get("train_seconds", metrics["wall_seconds"]),
