@@ -29,6 +29,9 @@ VARIANTS = {
                   ["--config.lr=0.005", "--config.gradmf.steps=3"]),
     "gradmf_turned": ("GradMF (turned G_s applied, K=1, global)",
                       ["--config.gradmf.update_rule=turned"]),
+    # The projection at the Table 1 rate, for the stable protocol (batch
+    # norm, warm-up and decay), under which it may no longer diverge.
+    "gradmf_lr0.05": ("GradMF (projection, K=1, global, lr 0.05)", []),
 }
 REFERENCE = ("source_only", "fine_tune", "gradmix")
 
