@@ -126,6 +126,9 @@ def write_report(args, seeds, ks):
           + " | seeds |", "|" + "---|" * (3 * len(ks) + 2)]
   minutes = 0.0
   for method, label in METHODS.items():
+    if method in VARIANTS and not any(
+        table1.load(args.runs_dir, method, k, seeds) for k in ks):
+      continue   # a variant that this twin did not run
     cells, counts = [], []
     for k in ks:
       runs = table1.load(args.runs_dir, method, k, seeds)
