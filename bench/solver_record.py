@@ -138,7 +138,7 @@ histogram over every step and layer.
 |---|---|---|---|{weight_rule}---|
 {rows}
 
-![source weights per step](solver_weights.png)
+![source weights per step]({plot})
 
 Final H and test accuracy of the launcher's runs of the same cells
 (`bench/health.py`, 2000 steps; `slsqp`: `--extra=--config.solver=slsqp
@@ -252,6 +252,7 @@ def write_report(result, args):
                f"--seeds={args.seeds} --solvers={args.solvers} --k={args.k} "
                f"--steps={args.steps}"),
       config=args.config, k=args.k, seeds=args.seeds, steps=args.steps,
+      plot=os.path.relpath(args.plot, os.path.dirname(args.results)),
       one_source=ONE_SOURCE, smoothing=SMOOTHING,
       weight_columns=" | ".join(f"mean weight of {s}" for s in sources),
       weight_rule="---|" * len(sources), rows="\n".join(report_rows(result)),
