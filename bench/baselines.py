@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 import table1
-from report import replace_block  # pylint: disable=g-import-not-at-top
+from report import per_config, replace_block  # pylint: disable=g-import-not-at-top
 from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
 
 METHODS = {"mme": "MME (S1, V, U)", "mdda": "MDDA (S1, S2, V, U)",
@@ -126,12 +126,12 @@ def write_report(args, seeds, ks):
           + " | seeds |", "|" + "---|" * (3 * len(ks) + 2)]
   minutes = 0.0
   for method, label in METHODS.items():
-    if method in VARIANTS and not any(
-        table1.load(args.runs_dir, method, k, seeds) for k in ks):
+    found = {k: table1.load(args.runs_dir, method, k, seeds) for k in ks}
+    if method in VARIANTS and not any(found.values()):
       continue   # a variant that this twin did not run
     cells, counts = [], []
     for k in ks:
-      runs = table1.load(args.runs_dir, method, k, seeds)
+      runs = found[k]
       minutes += sum(r.get("train_seconds", r["wall_seconds"])
                      for r in runs) / 60.0
       cells += [table1.mean_se([r["test_accuracy"] for r in runs]),
@@ -150,10 +150,8 @@ def write_report(args, seeds, ks):
         minutes += record.get("train_seconds", record["wall_seconds"]) / 60.0
   command = (f"python bench/baselines.py --seeds={','.join(map(str, seeds))}"
              f" --ks={','.join(map(str, ks))} --steps={args.steps}")
-  block = "baselines"
   if args.config != "digits_mnistm":
     command += f" --config={args.config}"
-    block = f"baselines_{args.config}"
   config = config_lib.load_config(args.config)
   text = TEMPLATE.format(table="\n".join(rows), command=command,
                          stage1=stage1_tables(args.runs_dir, seeds, ks),
@@ -162,7 +160,7 @@ def write_report(args, seeds, ks):
                          vat_epsilon=config.vat.epsilon,
                          lambda_u=config.mixmatch.lambda_u,
                          unlabelled_values=UNLABELLED_VALUES[args.config])
-  replace_block(args.out, block, text)
+  replace_block(args.out, per_config("baselines", args.config), text)
   print(text)
 
 

@@ -16,7 +16,7 @@ import argparse
 import os
 
 import table1
-from report import replace_block  # pylint: disable=g-import-not-at-top
+from report import per_config, replace_block  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     # name: (label, launcher flags)
@@ -62,14 +62,12 @@ def write_report(args, seeds, ks):
     row(label, args.runs_dir, name)
   command = (f"python bench/gradmf.py --seeds={','.join(map(str, seeds))} "
              f"--ks={','.join(map(str, ks))} --steps={args.steps}")
-  block = "gradmf"
   if args.config != "digits_mnistm":
     command += f" --config={args.config} --table1_dir={args.table1_dir}"
-    block = f"gradmf_{args.config}"
   text = TEMPLATE.format(table="\n".join(rows), command=command,
                          minutes=minutes, steps=args.steps,
                          config=args.config)
-  replace_block(args.out, block, text)
+  replace_block(args.out, per_config("gradmf", args.config), text)
   print(text)
 
 
@@ -80,8 +78,8 @@ and training protocol as Table 1 (lr 0.05 unless the row says otherwise: at
 0.05 the projection diverged on `digits_mnistm` under the paper protocol,
 non-finite from step 116 on, seed 0, k=2); `G_s` = the sum of the two
 source gradients, `G_t` = the gradient on V; the head V does not reach
-(digits 0-4) gets its source's gradient. Test accuracy (%), mean ± standard error over seeds.
-The GradMF paper has no result on this setting; the first rows are the
+(digits 0-4) gets its source's gradient. Test accuracy (%), mean ±
+standard error over seeds. The GradMF paper has no result on this setting; the first rows are the
 Table 1 runs above, for reference.
 
 {table}

@@ -20,7 +20,7 @@ import os
 
 import runs
 import table1
-from report import replace_block  # pylint: disable=g-import-not-at-top
+from report import per_config, replace_block  # pylint: disable=g-import-not-at-top
 
 
 def run_dir(args, members):
@@ -88,11 +88,9 @@ def write_report(args, members_list):
   found = load(args, members_list)
   command = (f"python bench/r_ablation.py --k={args.k} --seed={args.seed} "
              f"--members={','.join(map(str, members_list))}")
-  block = "fig4"
   if args.config != "digits_mnistm":
     command += (f" --config={args.config} --stage1_dir={args.stage1_dir}"
                 f" --runs_dir={args.runs_dir}")
-    block = f"fig4_{args.config}"
   rows = ["| R | test final | test best-H | hard labels | of them correct |",
           "|---|---|---|---|---|"]
   for members in members_list:
@@ -114,7 +112,7 @@ def write_report(args, members_list):
               if drawn else "(figure not drawn: no finished run or no "
               "matplotlib)"),
       config=args.config, command=command)
-  replace_block(args.out, block, text)
+  replace_block(args.out, per_config("fig4", args.config), text)
   print(text)
 
 
@@ -158,9 +156,8 @@ def main():
   args = parser.parse_args()
   members_list = [int(r) for r in args.members.split(",")]
   if not args.png:
-    suffix = "" if args.config == "digits_mnistm" else f"_{args.config}"
     args.png = os.path.join(table1.REPO, "docs",
-                            f"fig4_r_ablation{suffix}.png")
+                            per_config("fig4_r_ablation", args.config) + ".png")
   if not args.report_only:
     for members in members_list:
       status = runs.launch(run_dir(args, members), flags(args, members))

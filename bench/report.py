@@ -3,6 +3,12 @@
 import os
 
 
+def per_config(name, config, home="digits_mnistm"):
+  """`name` for a bench's home config, `name_<config>` for another: the
+  docs block and the file names of one bench run on several twins."""
+  return name if config == home else f"{name}_{config}"
+
+
 def replace_block(path, name, text):
   """Writes `text` between `<!-- name:start -->` and `<!-- name:end -->`.
 

@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from report import replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
+from report import per_config, replace_block  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ONE_SOURCE = 0.99      # a step "puts everything on one source" above this
 METHOD_OF = {"exact": ("gradmix", "exact"), "slsqp": ("gradmix", "slsqp"),
@@ -223,20 +223,22 @@ def report_rows(result):
   return rows
 
 
-def block_name(config, default_config="digits_mnistm_mnist"):
+HOME = "digits_mnistm_mnist"   # the config whose names carry no suffix
+
+
+def block_name(config):
   """`solver_record` for the twin, `solver_record_<config>` for another."""
-  return ("solver_record" if config == default_config
-          else f"solver_record_{config}")
+  return per_config("solver_record", config, HOME)
 
 
 def default_paths(args):
   """Fills --out, --plot and --health_runs left empty, per config (the
   twin keeps the names `solver_record.json` and `solver_weights.png`)."""
-  suffix = "" if block_name(args.config) == "solver_record" else (
-      "_" + args.config)
   docs = os.path.join(REPO, "docs")
-  args.out = args.out or os.path.join(docs, f"solver_record{suffix}.json")
-  args.plot = args.plot or os.path.join(docs, f"solver_weights{suffix}.png")
+  args.out = args.out or os.path.join(
+      docs, per_config("solver_record", args.config, HOME) + ".json")
+  args.plot = args.plot or os.path.join(
+      docs, per_config("solver_weights", args.config, HOME) + ".png")
   args.health_runs = args.health_runs or os.path.join(
       docs, "run_records", "health", args.config)
 

@@ -39,7 +39,8 @@ def variant(method):
 
 def _r_ablation_args(args, runs_dir):
   return argparse.Namespace(
-      config="digits_mnistm", k=K, seed=R_ABLATION_SEED, betas="5.0,10.0", gammas="0.3,0.6,0.9",
+      config="digits_mnistm", k=K, seed=R_ABLATION_SEED, betas="5.0,10.0",
+      gammas="0.3,0.6,0.9",
       steps=args.steps,
       stage1_dir=baselines.stage1_dir(args.baselines_dir, K, R_ABLATION_SEED),
       runs_dir=runs_dir)
