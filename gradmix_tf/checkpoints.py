@@ -5,7 +5,7 @@ filesystem was writing) or deleted must not end every rerun in a traceback
 while an older, intact checkpoint sits beside it. `restore_newest_intact`
 tries the checkpoints of a directory newest first, says in one log line
 which ones did not restore and which one did, and refuses in one line when
-none does.
+none does. `save` writes one so that a full disk leaves no part of it.
 """
 
 import glob
@@ -13,8 +13,10 @@ import os
 import re
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
+from gradmix_tf import files
 from gradmix_tf.errors import DataError
 
 _NUMBER = re.compile(r"-(\d+)$")
@@ -102,3 +104,37 @@ def restore_newest_intact(checkpoint, directory, partial=False,
         f"newest, {os.path.basename(newest)}: {reason}); delete {directory} "
         "to train the run from the start")
   return None
+
+
+def save(manager, number, needed, step=None):
+  """`manager.save(checkpoint_number=number)`, all of it or a clear error.
+
+  TensorFlow writes a checkpoint under `<prefix>_temp/` and then renames
+  its files into place; a save that fails for lack of space leaves the
+  temporary directory (and possibly half of the final files) behind. Both
+  are removed before `NoSpaceError` is raised, so the newest complete
+  checkpoint stays the newest; a checkpoint of the same number that was
+  complete before the save is left alone.
+
+  Args:
+    manager: a `tf.train.CheckpointManager` (default checkpoint name).
+    number: the checkpoint's number (the step).
+    needed: about how many bytes the checkpoint takes.
+    step: the training step, for the error (None outside training).
+
+  Raises:
+    NoSpaceError: the file system is full.
+  """
+  prefix = os.path.join(manager.directory, f"ckpt-{number}")
+  partial = [prefix + "_temp*"]
+  if not os.path.exists(prefix + ".index"):
+    partial.append(prefix + ".*")
+  with files.space_for(manager.directory, f"checkpoint ckpt-{number}",
+                       needed, partial=partial, step=step):
+    return manager.save(checkpoint_number=number)
+
+
+def variable_bytes(variables):
+  """Bytes of the values of `variables` (what a checkpoint of them holds)."""
+  return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+             for v in variables)

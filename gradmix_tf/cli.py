@@ -24,6 +24,12 @@ def fail(message, status=EXIT_USER_ERROR):
   sys.exit(status)
 
 
+def stop(message, status):
+  """Prints `message` (one line, not an error) and exits with `status`."""
+  print(' '.join(str(message).split()), file=sys.stderr)
+  sys.exit(status)
+
+
 def unknown_field_message(err):
   """The line for ml_collections' error on a `--config.<field>` it lacks.
 

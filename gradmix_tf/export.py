@@ -53,7 +53,7 @@ from gradmix_tf.data.actions import resize_frames
 from gradmix_tf import workdir as run_directory
 from gradmix_tf.errors import UserError
 from gradmix_tf.model_description import MODEL_FILE, preprocessing_of
-from gradmix_tf.files import replace_directory
+from gradmix_tf.files import replace_directory, space_for
 
 PREPROCESSING = ("digits", "frames")
 # Hidden work directories of an export in progress: `.partial-<v>-<pid>`
@@ -219,9 +219,13 @@ def export_model(model, target_head, class_ids, input_shape, export_dir,
   os.makedirs(model_dir, exist_ok=True)
   partial = os.path.join(model_dir, f".partial-{version}-{os.getpid()}")
   aside = os.path.join(model_dir, f".old-{version}-{os.getpid()}")
+  # A SavedModel holds the variables once and the serving graph (a few
+  # hundred KiB): the estimate of what a full disk refuses.
+  needed = checkpoints.variable_bytes(module.served_variables) + 512 * 1024
   try:
-    tf.saved_model.save(module, partial, signatures=signatures)
-    replace_directory(partial, path, aside)
+    with space_for(model_dir, f"export version {version}", needed):
+      tf.saved_model.save(module, partial, signatures=signatures)
+      replace_directory(partial, path, aside)
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return path

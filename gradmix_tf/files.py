@@ -1,11 +1,88 @@
-"""Writing files and directories so that a reader never sees half of one."""
+"""Writing files and directories so that a reader never sees half of one,
+and a write that fails for lack of space as one line that leaves no part of
+itself behind (`space_for`)."""
 
+import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
 import tempfile
+
+from gradmix_tf.errors import NoSpaceError
+
+_NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_out_of_space(err):
+  """Whether `err` is a write refused for lack of space: an `OSError` with
+  `ENOSPC` / `EDQUOT`, or TensorFlow's `ResourceExhaustedError` (or any
+  error of its file system layer) whose message says so."""
+  if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True
+  text = getattr(err, "message", None) or str(err)
+  return any(phrase in text for phrase in _NO_SPACE_TEXTS)
+
+
+def human_bytes(count):
+  """`1536` -> `"1.5 KiB"`."""
+  count = float(count)
+  for unit in ("bytes", "KiB", "MiB", "GiB"):
+    if count < 1024 or unit == "GiB":
+      return f"{count:.0f} {unit}" if unit == "bytes" else (
+          f"{count:.1f} {unit}")
+    count /= 1024
+  return None  # Not reached.
+
+
+def free_bytes(path):
+  """Free bytes on the file system of `path` (or of its nearest existing
+  ancestor)."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def remove_paths(patterns):
+  """Removes every file or directory matching the glob `patterns`."""
+  for pattern in patterns:
+    for path in glob.glob(pattern):
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def space_for(directory, what, needed, partial=(), step=None):
+  """Turns a write in the block that fails for lack of space into one line.
+
+  Args:
+    directory: where the write goes (named in the message).
+    what: what is written (`"checkpoint ckpt-20"`).
+    needed: about how many bytes the write needs.
+    partial: glob patterns of what a failed write leaves behind; removed
+      before the error is raised, so the newest complete file stays the
+      newest and a rerun finds nothing half-written.
+    step: the training step, when the write happens mid-training.
+
+  Raises:
+    NoSpaceError: the write failed for lack of space (other errors pass).
+  """
+  try:
+    yield
+  except Exception as err:  # pylint: disable=broad-except
+    if isinstance(err, NoSpaceError) or not is_out_of_space(err):
+      raise
+    remove_paths(partial)
+    raise NoSpaceError(
+        f"no space left in {directory} to write {what} (it needs about "
+        f"{human_bytes(needed)}; {human_bytes(free_bytes(directory))} "
+        "free): free some space there and run the same command again",
+        step=step) from None
 
 
 def write_json_atomically(path, payload, sort_keys=False):
@@ -15,18 +92,25 @@ def write_json_atomically(path, payload, sort_keys=False):
   of one multi-worker run sharing a workdir) never rename each other's
   half-written file.
   """
-  partial = f"{path}.tmp{os.getpid()}"
-  with open(partial, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=sort_keys)
-  os.replace(partial, path)
+  write_text_atomically(
+      path, json.dumps(payload, indent=2, sort_keys=sort_keys))
 
 
 def write_text_atomically(path, text):
-  """Writes `text` like `write_json_atomically`: all of it or nothing."""
+  """Writes `text` to a per-process temporary file, then renames it to
+  `path`: all of it or nothing. A write that fails leaves no temporary
+  file; one that fails for lack of space raises `NoSpaceError`."""
   partial = f"{path}.tmp{os.getpid()}"
-  with open(partial, "w") as f:
-    f.write(text)
-  os.replace(partial, path)
+  with space_for(os.path.dirname(os.path.abspath(path)),
+                 os.path.basename(path), len(text.encode())):
+    try:
+      with open(partial, "w") as f:
+        f.write(text)
+      os.replace(partial, path)
+    except BaseException:
+      if os.path.exists(partial):
+        os.remove(partial)
+      raise
 
 
 def probe_writable(path):

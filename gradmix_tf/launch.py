@@ -14,7 +14,11 @@ a second process out while a run trains. Bad input ends with one `error:`
 line and exit status 2 and writes nothing; training that cannot go on
 (non-finite gradients step after step) ends with one `error:` line, exit
 status 3 and `<workdir>/stopped.json`, so a script can tell a diverged run
-from a mistyped command. docs/RELIABILITY.md lists every case.
+from a mistyped command; so does a write that fails for lack of space
+mid-training (before training it is bad input, status 2). SIGTERM or
+SIGINT stops the run after the current step with a checkpoint there, one
+line, `stopped.json` and status 143 or 130 (`gradmix_tf.preemption`): the
+same command resumes. docs/RELIABILITY.md lists every case.
 """
 
 import os
@@ -28,7 +32,8 @@ from ml_collections import config_flags
 from gradmix_tf import cli
 from gradmix_tf import config_lib
 from gradmix_tf import workdir as run_directory
-from gradmix_tf.errors import TrainingError, UserError
+from gradmix_tf.errors import NoSpaceError, RunStopped, TrainingError
+from gradmix_tf.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config name in configs/ or path to a config file.",
@@ -55,8 +60,17 @@ def train(config, workdir):
   bad input costs a second. Bad input found before training removes what
   this call made: the workdir if it created it, else its `config.json`. A
   run that training stopped records `stopped.json` and raises
-  `TrainingError`.
+  `TrainingError`; so does one stopped by a full disk mid-training
+  (`NoSpaceError` with its step). SIGTERM and SIGINT stop training after
+  the current step (`gradmix_tf.preemption`): the run saves a checkpoint
+  there, records `stopped.json` and raises `RunStopped`.
   """
+  from gradmix_tf import preemption  # pylint: disable=g-import-not-at-top
+  with preemption.stop_on_signals():
+    return _train(config, workdir)
+
+
+def _train(config, workdir):
   from gradmix_tf import distribute  # pylint: disable=g-import-not-at-top
   from gradmix_tf import methods  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(config)
@@ -76,9 +90,16 @@ def train(config, workdir):
       data = None if _reads_with_tensorflow(config) else _build_data(config)
       strategy = distribute.make_strategy(config)
       metrics = _train_in(config, workdir, strategy, data)
-    except TrainingError as err:
+    except RunStopped as err:
       if chief:
+        run_directory.record_stop(workdir, err, reason=err.signal_name)
+      raise
+    except (TrainingError, NoSpaceError) as err:
+      if chief and getattr(err, "step", None) is not None:
         run_directory.record_stop(workdir, err)
+      if isinstance(err, TrainingError) or err.step is not None:
+        raise
+      run.discard_unstarted(fresh)
       raise
     except Exception:  # pylint: disable=broad-except
       # Bad input (a UserError) or a bug (which keeps its traceback): a run
@@ -142,7 +163,11 @@ def main(argv):
              "(e.g. --config=digits_mnistm)")
   try:
     train(_CONFIG.value, _WORKDIR.value)
-  except TrainingError as err:
+  except RunStopped as err:
+    cli.stop(err, err.exit_status)
+  except (TrainingError, NoSpaceError) as err:
+    if getattr(err, "step", None) is None:
+      cli.fail(err)
     cli.fail(err, EXIT_TRAINING_STOPPED)
   except UserError as err:
     cli.fail(err)
@@ -176,8 +201,9 @@ def help_text(argv):
             "and the machine's paths are applied when a run starts):"]
   lines += config_lib.field_listing(config)
   lines += ["", "Exit status: 0 done, 2 bad input (one error: line), 3 "
-            "training stopped (stopped.json). --helpfull lists absl's "
-            "flags."]
+            "training stopped (stopped.json), 143 / 130 stopped by SIGTERM / "
+            "SIGINT after a checkpoint (rerun to resume). --helpfull lists "
+            "absl's flags."]
   return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@ scope (`gradmix_tf.task` gives the order of its hooks), wraps each phase's
 per-replica step in `strategy.run` and a `tf.function`, and `run()`
 trains: batch indices from `batches.batch_indices`, checkpoints
 (`tf.train.CheckpointManager`; a rerun resumes exactly), TensorBoard
-summaries, the health check (non-finite steps), the hyper-validation set
+summaries, the health check (non-finite steps), a clean stop on SIGTERM
+or SIGINT (`gradmix_tf.preemption`: a checkpoint at the step it finishes),
+the hyper-validation set
 `H` every `eval_every` steps (paper Fig. 3) with the best-`H` weights kept
 in `best/`, progress, and `metrics.json` at the end: test accuracy of the
 final weights (`test_accuracy`) and of the best-`H` weights
@@ -29,10 +31,13 @@ import tensorflow as tf
 from gradmix_tf import batches
 from gradmix_tf import checkpoints
 from gradmix_tf import distribute
+from gradmix_tf import files
 from gradmix_tf import finite_steps
 from gradmix_tf import methods
 from gradmix_tf import model_description
-from gradmix_tf.errors import ConfigError, DataError, TrainingError
+from gradmix_tf import preemption
+from gradmix_tf.errors import ConfigError, DataError, NoSpaceError
+from gradmix_tf.errors import TrainingError
 from gradmix_tf.evaluation import EVAL_BATCH, in_batches, video_accuracy
 from gradmix_tf.files import write_json_atomically
 from gradmix_tf.optimizer import GradMix
@@ -219,7 +224,22 @@ class Runner:
   # -- The loop ---------------------------------------------------------------
 
   def run(self):
-    """Trains (resuming from the last checkpoint) and writes metrics.json."""
+    """Trains (resuming from the last checkpoint) and writes metrics.json.
+
+    Raises:
+      RunStopped: a stop signal came (`gradmix_tf.preemption`); the run
+        saved a checkpoint at the step it was on.
+      NoSpaceError: a write failed for lack of space (with the step).
+      TrainingError: non-finite steps stopped the run.
+    """
+    try:
+      return self._run()
+    except NoSpaceError as err:
+      if err.step is None:
+        err.step = int(self.step.numpy())
+      raise
+
+  def _run(self):
     config, data = self.config, self.data
     os.makedirs(self.workdir, exist_ok=True)
     if self.is_chief:
@@ -229,14 +249,18 @@ class Runner:
     start = int(self.step.numpy())
     if restored and start:
       logging.info("Resumed from %s at step %d.", restored, start)
+    self._stopper = preemption.StepStopper(self.strategy, self.manager,
+                                           self._save)
+    started = time.time()
+    self._seconds_at_start = (float(self.train_seconds.numpy()), started)
+    # A stop asked for before training began (while the data were built).
+    self._stopper.after_step(start)
     writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
               if self.is_chief else tf.summary.create_noop_writer())
     curve = self._load_curve() if start else []
     if curve:
       best = max(curve, key=lambda point: point[2])
       self.best_hyperval = (best[0], best[2])
-    started = time.time()
-    self._seconds_at_start = (float(self.train_seconds.numpy()), started)
     step_seconds, wait_seconds = [], []
     phase_start = 0
     for index, phase in enumerate(self.phases):
@@ -326,7 +350,8 @@ class Runner:
       self._check_health(phase, stats, done)
       step_seconds.append(time.perf_counter() - tick)
       if done % int(config.log_every) == 0 or done == phase_end:
-        self._write_summaries(writer, phase, stats, done)
+        with self._writing_summaries(done):
+          self._write_summaries(writer, phase, stats, done)
         now = time.time()
         rate = (done - last_log_step) / max(now - last_log, 1e-9)
         last_log, last_log_step = now, done
@@ -342,17 +367,27 @@ class Runner:
       if done % int(config.eval_every) == 0:
         hyper_loss, hyper_acc = self.evaluate(self.data.h)
         curve.append([done, hyper_loss, hyper_acc])
-        with writer.as_default(step=done):
+        with self._writing_summaries(done), writer.as_default(step=done):
           tf.summary.scalar("hyperval/loss", hyper_loss)
           tf.summary.scalar("hyperval/accuracy", hyper_acc)
         if hyper_acc > self.best_hyperval[1]:
           self.best_hyperval = (done, hyper_acc)
-          self.best_manager.save(checkpoint_number=done)
+          checkpoints.save(self.best_manager, done,
+                           checkpoints.variable_bytes(self.model.variables),
+                           step=done)
         if self.is_chief:
           self._save_curve(curve)
-      if done % int(config.checkpoint_every) == 0:
+      saved = done % int(config.checkpoint_every) == 0
+      if saved:
         self._save(done)
-    writer.flush()
+      self._stopper.after_step(done, saved=saved)
+    with self._writing_summaries(phase_end):
+      writer.flush()
+
+  def _writing_summaries(self, step):
+    """A block that writes TensorBoard events (`files.space_for`)."""
+    return files.space_for(os.path.join(self.workdir, "tb"),
+                           "TensorBoard events", 64 * 1024, step=step)
 
   # -- Inputs -----------------------------------------------------------------
 
@@ -422,7 +457,13 @@ class Runner:
     """Checkpoints at `step`, with the training time so far."""
     before, started = self._seconds_at_start
     self.train_seconds.assign(before + time.time() - started)
-    self.manager.save(checkpoint_number=step)
+    checkpoints.save(self.manager, step, self._checkpoint_bytes(), step=step)
+
+  def _checkpoint_bytes(self):
+    """About the size of a checkpoint: the model and optimizer state."""
+    return checkpoints.variable_bytes(
+        list(self.model.variables) + [v for p in self.phases
+                                      for v in p.optimizer.variables])
 
   def _evaluate_best(self):
     """(step, H accuracy, test accuracy) of the best-H weights, if any."""

@@ -13,7 +13,7 @@
   the directories this process created (parents included), else its
   `config.json` and lock file.
 * `record_stop` / `clear_stop`: `stopped.json` (step, reason, source) for a
-  run that training stopped (exit status 3).
+  run that training stopped (exit status 3), or a signal (143, 130).
 """
 
 import errno
@@ -21,7 +21,7 @@ import fcntl
 import os
 import shutil
 
-from gradmix_tf.errors import ConfigError
+from gradmix_tf.errors import ConfigError, NoSpaceError, RunStopped
 from gradmix_tf.files import probe_writable, write_json_atomically
 
 LOCK_FILE = ".lock"
@@ -154,14 +154,27 @@ class RunDirectory:
         os.remove(path)
 
 
-def record_stop(workdir, error):
-  """Writes `<workdir>/stopped.json` for a `TrainingError`."""
-  write_json_atomically(os.path.join(workdir, STOPPED_FILE), {
+def record_stop(workdir, error, reason=None):
+  """Writes `<workdir>/stopped.json` for a run that stopped: a
+  `TrainingError` or `NoSpaceError` (`error` is its line), or a
+  `RunStopped` (`reason` its signal, `SIGTERM` / `SIGINT`).
+
+  On a full disk the record may not fit either: then it is left out (the
+  error line says what happened) and nothing half-written stays.
+  """
+  record = {
       "error": f"error: {error}",
       "step": getattr(error, "step", None),
       "reason": getattr(error, "reason", None),
       "source": getattr(error, "source", None),
-  })
+  }
+  if isinstance(error, RunStopped):
+    record.update(error=None, message=str(error),
+                  reason=reason or "preempted")
+  try:
+    write_json_atomically(os.path.join(workdir, STOPPED_FILE), record)
+  except NoSpaceError:
+    pass
 
 
 def clear_stop(workdir):

@@ -9,6 +9,13 @@ to `<workdir>/worker_<i>.log`. When one worker fails or `--timeout` passes,
 all are killed with SIGKILL (a collective whose peer is gone blocks and
 ignores SIGTERM) and the exit status is 1. Worker 0 is the chief: it writes
 the checkpoints, TensorBoard logs and metrics.json.
+
+SIGTERM or SIGINT to this script is passed on to every worker; a worker
+that gets one (from here or from elsewhere, as a preempted machine's does)
+makes all of them stop at one step with a checkpoint there
+(`gradmix_tf.preemption`). A worker that exits so (status 143 or 130) is
+not a failure: the others are waited for, and this script exits with that
+status; the same command resumes the run.
 """
 
 import argparse
@@ -19,6 +26,9 @@ import socket
 import subprocess
 import sys
 import time
+
+# Exit statuses of a worker stopped by SIGTERM / SIGINT after a checkpoint.
+STOPPED = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
 def free_ports(count):
@@ -65,11 +75,20 @@ def main():
         stdout=log, stderr=subprocess.STDOUT, env=env))
     print(f"worker {index}: pid {processes[-1].pid}, log "
           f"{workdir}/worker_{index}.log", flush=True)
+
+  def pass_on(signum, frame):
+    del frame
+    for p in processes:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, pass_on)
   deadline = time.time() + args.timeout
   status = 0
   while any(p.poll() is None for p in processes):
     failed = [i for i, p in enumerate(processes)
-              if p.poll() not in (None, 0)]
+              if p.poll() not in (None, 0, *STOPPED)]
     if failed or time.time() > deadline:
       status = 1
       reason = (f"worker {failed[0]} exited with {processes[failed[0]].returncode}"
@@ -83,6 +102,13 @@ def main():
     time.sleep(0.5)
   for p in processes:
     p.wait()
+  stopped = [p.returncode for p in processes if p.returncode in STOPPED]
+  if status == 0 and stopped and all(
+      p.returncode in (0, *STOPPED) for p in processes):
+    print(f"workers stopped by a signal after a checkpoint; run the same "
+          f"command again to resume (see {workdir}/worker_*.log)",
+          file=sys.stderr)
+    return stopped[0]
   if any(p.returncode != 0 for p in processes) and status == 0:
     status = 1
     print(f"error: a worker failed (see {workdir}/worker_*.log)",

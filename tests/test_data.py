@@ -344,3 +344,88 @@ def test_an_unprepared_tfds_role_is_one_error_line_from_the_launcher(
                       f"--workdir={tmp_path / 'run'}")
   assert_one_error_line(result, "tfds build mnist", str(tmp_path / "tfds"))
   assert not (tmp_path / "run").exists()
+
+
+# -- Pixel values: non-finite, out of range, the float scale -----------------
+
+
+def _float_images(rng, n=4, high=1.0):
+  return rng.uniform(0.0, high, (n, 6, 6, 3)).astype(np.float32)
+
+
+def test_float_images_in_zero_one_are_scaled_and_in_zero_255_kept():
+  rng = np.random.default_rng(0)
+  unit = _float_images(rng)
+  # Independent arithmetic: round(x * 255) for [0, 1], round(x) for 0..255.
+  np.testing.assert_array_equal(
+      digits.pixels_as_uint8(unit, "x"),
+      np.floor(unit.astype(np.float64) * 255 + 0.5).astype(np.uint8))
+  wide = _float_images(rng, high=255.0)
+  np.testing.assert_array_equal(
+      digits.pixels_as_uint8(wide, "x"),
+      np.floor(wide.astype(np.float64) + 0.5).astype(np.uint8))
+  # Mostly dark 0..255 images (MNIST-like: most pixels 0) stay 0..255.
+  dark = np.zeros((4, 6, 6, 1), np.float64)
+  dark[:, 2:4, 2:4] = 200.0
+  assert digits.pixels_as_uint8(dark, "x").max() == 200
+  ints = np.array([[[[0, 17, 255]]]], np.int64)
+  np.testing.assert_array_equal(digits.pixels_as_uint8(ints, "x"),
+                                ints.astype(np.uint8))
+
+
+@pytest.mark.parametrize("poison,fragments", [
+    ("nan", ("hold 1 non-finite values (NaN or infinite) in 1 images, the "
+             "first in image 2", "numpy.nan_to_num")),
+    ("inf", ("hold 2 non-finite values", "in 2 images, the first in image 1")),
+    ("negative", ("are floats in [-0.5, 1], neither [0, 1] nor [0, 255]",)),
+    ("above_255", (", 300], neither [0, 1] nor [0, 255]",)),
+    ("one_stray", ("are floats in [0, 1] but for 1 of", "non-zero values "
+                   "above 1 (up to 1.5; the first in image 3)",
+                   "clip them to [0, 1]")),
+    ("int16", ("are int16 in [0, 4095], outside 0..255",)),
+])
+def test_bad_pixel_values_are_refused_in_one_line(poison, fragments):
+  rng = np.random.default_rng(1)
+  x = _float_images(rng, n=5)
+  x[:, 0, 0, 0] = 1.0           # the [0, 1] set's maximum is exactly 1
+  if poison == "nan":
+    x[2, 3, 3, 1] = np.nan
+  elif poison == "inf":
+    x[1, 0, 1, 0], x[4, 0, 1, 0] = np.inf, -np.inf
+  elif poison == "negative":
+    x[0, 1, 1, 1] = -0.5
+  elif poison == "above_255":
+    x = x * 255.0
+    x[3, 1, 1, 1] = 300.0
+  elif poison == "one_stray":
+    x[3, 2, 2, 2] = 1.5
+  elif poison == "int16":
+    x = np.zeros((2, 4, 4, 1), np.int16)
+    x[1, 0, 0, 0] = 4095
+  with pytest.raises(DataError) as refused:
+    digits.checked_dataset("npz:x.npz", x, np.zeros(len(x), np.int64),
+                           x[:1], np.zeros(1, np.int64))
+  message = str(refused.value)
+  assert message.startswith("npz:x.npz: train images ") and "\n" not in message
+  for fragment in fragments:
+    assert fragment in message, message
+
+
+def test_a_nan_pixel_in_a_float_npz_source_is_refused_by_the_launcher(
+    shared_data, tmp_path):
+  """The case that used to train with exit 0: one NaN made `x.max() <= 1`
+  False, so the whole [0, 1] set skipped its scaling and rounded to 0/1."""
+  from conftest import assert_one_error_line, run_module  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (50, 28, 28, 1)).astype(np.float32)
+  x[7, 5, 5, 0] = np.nan
+  path = tmp_path / "float_digits.npz"
+  np.savez(path, x_train=x, y_train=np.arange(50) % 5,
+           x_test=x[:10], y_test=np.arange(10) % 5)
+  result = run_module(
+      "gradmix_tf.launch", "--config=digits_mnistm", "--config.quick=True",
+      f"--config.data_dir={shared_data}", f"--workdir={tmp_path / 'run'}",
+      f"--config.sources.s2.dataset=npz:{path}")
+  assert_one_error_line(result, f"npz:{path}: train images hold 1 "
+                        "non-finite values", "the first in image 7")
+  assert not (tmp_path / "run").exists()

@@ -5,17 +5,19 @@ must be configured before TensorFlow starts, and multi-worker training
 needs one process per worker.
 """
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import json
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 WORKER_TIMEOUT = 240
@@ -117,20 +119,90 @@ def test_two_local_workers_equal_one_device(single_device, tmp_path, method):
   _assert_same(single_device, dict(np.load(tmp_path / "out0.npz")))
 
 
-def test_local_workers_launcher_trains_digits_mnistm(shared_data, tmp_path):
-  result = subprocess.run(
+# TensorFlow's preemption handler asks the Google Cloud metadata server
+# whether it runs there: a closed local port answers no at once.
+LOCAL_ONLY = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                  GCE_METADATA_IP="127.0.0.1:9")
+
+
+def _local_workers(shared_data, workdir, timeout=400):
+  """`launch/local_workers.py` on a quick digits_mnistm run (a Popen)."""
+  return subprocess.Popen(
       [sys.executable, "launch/local_workers.py", "--workers=2",
-       "--timeout=400", "--", "--config=digits_mnistm",
+       f"--timeout={timeout}", "--", "--config=digits_mnistm",
        "--config.quick=True", f"--config.data_dir={shared_data}",
-       f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=450,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  logs = "".join(open(tmp_path / f"worker_{i}.log").read()[-1500:]
-                 for i in range(2) if (tmp_path / f"worker_{i}.log").exists())
-  assert result.returncode == 0, result.stderr + logs
-  with open(tmp_path / "metrics.json") as f:
+       f"--workdir={workdir}"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=LOCAL_ONLY)
+
+
+def _worker_logs(workdir):
+  return "".join(open(workdir / f"worker_{i}.log").read()[-1500:]
+                 for i in range(2) if (workdir / f"worker_{i}.log").exists())
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory):
+  """An uninterrupted quick run on two local workers: its workdir."""
+  if not os.path.isfile(os.path.join(SHARED_DATA, "mnist.npz")):
+    pytest.skip("../shared/data/mnist.npz is not present")
+  workdir = tmp_path_factory.mktemp("two_workers")
+  process = _local_workers(SHARED_DATA, workdir)
+  _, stderr = process.communicate(timeout=450)
+  assert process.returncode == 0, stderr + _worker_logs(workdir)
+  return workdir
+
+
+def test_local_workers_launcher_trains_digits_mnistm(two_worker_run):
+  with open(two_worker_run / "metrics.json") as f:
     metrics = json.load(f)
   assert metrics["replicas"] == 2 and metrics["steps"] == 30
+
+
+def test_one_preempted_worker_stops_all_at_one_step_and_the_rerun_matches(
+    shared_data, two_worker_run, tmp_path):
+  """SIGTERM to worker 1 alone (as a preempted machine gets it): through
+  TensorFlow's PreemptionCheckpointHandler both workers save the same
+  step and exit 143; the same command resumes both there and ends with
+  every array of both workers' checkpoints equal to the uninterrupted
+  run's."""
+  from test_preemption import assert_same_arrays, final_arrays  # pylint: disable=g-import-not-at-top
+  process = _local_workers(shared_data, tmp_path)
+  pids = []
+  for line in process.stdout:
+    pids.append(int(line.split("pid ")[1].split(",")[0]))
+    if len(pids) == 2:
+      break
+  deadline = time.time() + 300
+  while "step 10/30" not in (tmp_path / "worker_0.log").read_text():
+    assert process.poll() is None and time.time() < deadline, (
+        _worker_logs(tmp_path))
+    time.sleep(0.2)
+  os.kill(pids[1], signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  logs = [(tmp_path / f"worker_{i}.log").read_text() for i in range(2)]
+  assert process.returncode == 143, stderr + _worker_logs(tmp_path)
+  assert "run the same command again to resume" in stderr
+  steps = [re.search(r"^stopped (by SIGTERM|because another worker of the "
+                     r"cluster was stopped) at step (\d+);", log, re.M)
+           for log in logs]
+  assert all(steps), _worker_logs(tmp_path)
+  assert steps[1].group(1) == "by SIGTERM"
+  assert steps[0].group(1).startswith("because another worker")
+  step = int(steps[0].group(2))
+  assert int(steps[1].group(2)) == step and 10 <= step < 30
+  checkpoint_dirs = ("checkpoints", "workers/worker_1/checkpoints")
+  for directory in checkpoint_dirs:
+    assert (tmp_path / directory / f"ckpt-{step}.index").exists(), directory
+  assert json.loads((tmp_path / "stopped.json").read_text())["step"] == step
+
+  process = _local_workers(shared_data, tmp_path)
+  _, stderr = process.communicate(timeout=450)
+  assert process.returncode == 0, stderr + _worker_logs(tmp_path)
+  assert f"at step {step}." in (tmp_path / "worker_0.log").read_text()
+  for directory in checkpoint_dirs:
+    assert_same_arrays(final_arrays(two_worker_run / directory),
+                       final_arrays(tmp_path / directory))
 
 
 def test_local_workers_launcher_stops_all_when_one_fails(tmp_path):

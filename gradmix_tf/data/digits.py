@@ -211,11 +211,74 @@ def checked_dataset(name, x_train, y_train, x_test, y_test):
     if not np.issubdtype(y.dtype, np.integer):
       raise DataError(f"{name}: {split} labels must be integers, got {y.dtype}")
     if x.dtype != np.uint8:
-      if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
-        x = x * 255.0
-      x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+      x = pixels_as_uint8(x, f"{name}: {split} images")
     arrays += [x, y.astype(np.int64)]
   return DigitDataset(name, *arrays)
+
+
+# A float set whose values lie in [0, 1] but for a few above 1 is a [0, 1]
+# set with stray values, not a [0, 255] one: fewer than this share of its
+# non-zero values above 1 is refused as ambiguous.
+STRAY_ABOVE_ONE = 0.01
+
+
+def pixels_as_uint8(x, what):
+  """Images of any numeric dtype as uint8 0..255, by a rule that one bad
+  value cannot switch.
+
+  * Integers must lie in 0..255 (they are kept).
+  * Floats must all be finite. Their range decides the scale: within
+    [0, 1], times 255; within [0, 255] with values above 1, as they are
+    (a set that has fewer than `STRAY_ABOVE_ONE` of its non-zero values
+    above 1 is refused: a [0, 1] set with stray values); any other range
+    is refused. Then rounded.
+
+  Raises:
+    DataError: non-finite values (how many, the first image), values
+      outside both ranges, a [0, 1] set with stray values, or a dtype
+      that is not numeric; each with the fix.
+  """
+  x = np.asarray(x)
+  if not x.size:
+    return x.astype(np.uint8)
+  if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high > 255:
+      raise DataError(
+          f"{what} are {x.dtype} in [{low}, {high}], outside 0..255: "
+          "rescale them to 0..255 (e.g. 16-bit images: divide by 257) and "
+          "store them as uint8")
+    return x.astype(np.uint8)
+  if not np.issubdtype(x.dtype, np.floating):
+    raise DataError(f"{what} have dtype {x.dtype}: store them as uint8 "
+                    "0..255 or floats in [0, 1]")
+  finite = np.isfinite(x)
+  if not finite.all():
+    bad = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+    raise DataError(
+        f"{what} hold {int((~finite).sum())} non-finite values (NaN or "
+        f"infinite) in {len(bad)} images, the first in image {int(bad[0])}: "
+        "replace them (e.g. numpy.nan_to_num) or drop those images")
+  low, high = float(x.min()), float(x.max())
+  if low < 0.0 or high > 255.0:
+    raise DataError(
+        f"{what} are floats in [{low:g}, {high:g}], neither [0, 1] nor "
+        "[0, 255]: rescale them to one of those ranges, or store them as "
+        "uint8 0..255")
+  if high > 1.0:
+    above = x > 1.0
+    nonzero = int(np.count_nonzero(x))
+    if int(above.sum()) < STRAY_ABOVE_ONE * nonzero:
+      first = int(np.flatnonzero(above.reshape(len(x), -1).any(axis=1))[0])
+      raise DataError(
+          f"{what} are floats in [0, 1] but for {int(above.sum())} of "
+          f"{nonzero} non-zero values above 1 (up to {high:g}; the first in "
+          f"image {first}): clip them to [0, 1], or store the images as "
+          "uint8 0..255")
+    scaled = x
+  else:
+    scaled = x * 255.0
+  return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def conform_images(x, size, channels, name="dataset"):

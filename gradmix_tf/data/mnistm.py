@@ -14,7 +14,7 @@ import numpy as np
 
 from gradmix_tf.data import digits
 from gradmix_tf.errors import DataError
-from gradmix_tf.files import probe_writable
+from gradmix_tf.files import probe_writable, space_for
 
 BSDS_FILE = "bsds500_train.npz"
 _CHUNK = 8192
@@ -99,11 +99,14 @@ def load_mnistm(data_dir, cache_dir, seed=0):
       blend_with_backgrounds(mnist.x_test, backgrounds, [seed, 1]),
       mnist.y_test)
   partial = cache_path + f".tmp{os.getpid()}.npz"
+  arrays = {"x_train": dataset.x_train, "y_train": dataset.y_train,
+            "x_test": dataset.x_test, "y_test": dataset.y_test}
   try:
     os.makedirs(cache_dir, exist_ok=True)
-    np.savez(partial, x_train=dataset.x_train, y_train=dataset.y_train,
-             x_test=dataset.x_test, y_test=dataset.y_test)
-    os.replace(partial, cache_path)
+    with space_for(cache_dir, "the MNIST-M cache",
+                   sum(a.nbytes for a in arrays.values()), partial=[partial]):
+      np.savez(partial, **arrays)
+      os.replace(partial, cache_path)
   except OSError as err:
     if os.path.exists(partial):
       os.remove(partial)

@@ -140,6 +140,15 @@ def _tfds_records(builder, train_split, spec):
   if None in shape:
     raise DataError(f"{spec!r}: its images have no fixed shape ({shape}); "
                     "streaming needs one")
+  dtype = np.dtype(getattr(builder.info.features["image"], "np_dtype",
+                           builder.info.features["image"].dtype))
+  if dtype != np.uint8:
+    # Streamed records reach the model as stored: only uint8 pixels skip
+    # the checks (finite, in range) and scaling `digits.pixels_as_uint8`
+    # applies in memory.
+    raise DataError(f"{spec!r}: its images are {dtype}, and only uint8 "
+                    "images stream; use --config.input_pipeline=memory (which "
+                    "checks and scales them) or store them as uint8")
 
   def records(split):
     try:
