@@ -14,7 +14,10 @@ from gradmix_tf import config_lib  # pylint: disable=g-import-not-at-top
 from gradmix_tf.data.experiment import ExperimentData, SourceData  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+# `$GRADMIX_DATA_DIR` where the repository is not beside ../shared (Bazel
+# runs the tests from its runfiles tree).
+SHARED_DATA = os.environ.get("GRADMIX_DATA_DIR") or os.path.normpath(
+    os.path.join(REPO, "..", "shared", "data"))
 
 
 def cosine_of_mix(grads, v, weights):

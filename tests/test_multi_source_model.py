@@ -231,3 +231,63 @@ def test_a_loss_given_by_name_steps_as_the_loss_object():
   # mean loss, so the same step (a per-example sum would step 16x further).
   for by_name, by_object in zip(losses[True], losses[False]):
     np.testing.assert_allclose(by_name, by_object, atol=1e-5)
+
+
+_FIT_UNTIL_SIGTERM = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import keras
+import gradmix_tf
+import own_model_fit as example
+
+backup, log, kill_after = sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+
+class Record(keras.callbacks.Callback):
+  def on_epoch_end(self, epoch, logs=None):
+    with open(log, "a") as f:
+      f.write(f"{epoch} {int(self.model.optimizer.iterations)}\n")
+    if epoch == kill_after:
+      os.kill(os.getpid(), signal.SIGTERM)   # the default action: killed
+
+
+keras.utils.set_random_seed(0)
+sources, v, validation, _ = example.make_data(0)
+model = gradmix_tf.MultiSourceModel(
+    example.build_model(),
+    source_outputs={"other_domain": "target", "other_task": "other"},
+    validation_output="target")
+model.compile(optimizer=gradmix_tf.GradMix(keras.optimizers.SGD(0.05)),
+              loss=keras.losses.SparseCategoricalCrossentropy(
+                  from_logits=True))
+model.fit(gradmix_tf.multi_source_dataset(sources, validation=v), epochs=4,
+          steps_per_epoch=10, verbose=0,
+          # BackupAndRestore first: the backup of an epoch is written
+          # before the next callback sees its end.
+          callbacks=[keras.callbacks.BackupAndRestore(backup), Record()])
+"""
+
+
+def test_a_sigtermed_fit_resumes_with_backup_and_restore(tmp_path):
+  """fit() has no stop handler of its own: SIGTERM kills it. Keras'
+  BackupAndRestore (README "Using fit()") keeps the last finished epoch,
+  optimizer included, and the rerun continues from the next epoch."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  backup, log = tmp_path / "backup", tmp_path / "epochs.log"
+  command = [sys.executable, "-c", _FIT_UNTIL_SIGTERM,
+             os.path.join(REPO, "examples"), str(backup), str(log)]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  killed = subprocess.run(command + ["1"], capture_output=True, text=True,
+                          env=env, timeout=300)
+  assert killed.returncode == -signal.SIGTERM, killed.stderr[-3000:]
+  assert os.listdir(backup)               # the backup of epoch 1 is there
+  finished = subprocess.run(command + ["-1"], capture_output=True, text=True,
+                            env=env, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  # Epochs 0 and 1, killed; then 2 and 3 from the restored optimizer
+  # (its step count goes on from 20).
+  assert log.read_text().split("\n")[:-1] == ["0 10", "1 20", "2 30", "3 40"]
+  assert not backup.exists()       # removed when training ends

@@ -148,6 +148,45 @@ def test_pipeline_resumes_in_stage2(tmp_path, monkeypatch):
   assert resumed["hyperval_curve"] == whole["hyperval_curve"]
 
 
+def test_a_signal_stops_the_pipeline_in_a_member_run_and_it_resumes(
+    tmp_path, monkeypatch):
+  """SIGTERM during the second stage-1 run: that run saves its step and the
+  pipeline stops (`RunStopped`); the rerun keeps the finished first run
+  and resumes the second at its step."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from gradmix_tf import preemption  # pylint: disable=g-import-not-at-top
+  from gradmix_tf.errors import RunStopped  # pylint: disable=g-import-not-at-top
+  config = _config("gradmix_hard_label")
+  original = Runner._check_health
+
+  def check(self, phase, stats, step):
+    if self.workdir.endswith("beta10_gamma0.6") and step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    original(self, phase, stats, step)
+
+  monkeypatch.setattr(Runner, "_check_health", check)
+  with preemption.stop_on_signals(), pytest.raises(RunStopped) as stop:
+    pipeline.run_pseudo_label_pipeline(config, tiny_data(), str(tmp_path))
+  assert (stop.value.step, stop.value.signal_name) == (2, "SIGTERM")
+  stage1 = tmp_path / "stage1"
+  assert (stage1 / "beta5_gamma0.6" / "metrics.json").exists()
+  assert (stage1 / "beta10_gamma0.6" / "checkpoints" / "ckpt-2.index").exists()
+  assert not (tmp_path / "stage2").exists()
+  monkeypatch.undo()
+  runs = []
+  original_run = Runner.run
+
+  def counting_run(self):
+    runs.append(os.path.basename(self.workdir))
+    return original_run(self)
+
+  monkeypatch.setattr(Runner, "run", counting_run)
+  pipeline.run_pseudo_label_pipeline(config, tiny_data(), str(tmp_path))
+  assert runs == ["beta10_gamma0.6", "stage2"]
+  with open(stage1 / "beta10_gamma0.6" / "metrics.json") as f:
+    assert json.load(f)["resumed_from_step"] == 2
+
+
 def test_pipelines_share_a_stage1_directory(tmp_path, monkeypatch):
   shared = str(tmp_path / "stage1_shared")
   hard = _config("gradmix_hard_label")
