@@ -19,9 +19,10 @@ setuptools.setup(
         "numpy",
         "absl-py",
         "ml-collections",
+        "matplotlib",              # plots; FreeType and fonts of syndigits
     ],
     extras_require={
-        "test": ["pytest"],
-        "bench": ["matplotlib"],
+        "test": ["pytest", "pytest-xdist"],
+        "bench": [],
     },
 )

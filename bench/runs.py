@@ -12,6 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # gradients step after step): a result of the run, not a mistake in the
 # command (`gradmix_tf.launch.EXIT_TRAINING_STOPPED`).
 EXIT_TRAINING_STOPPED = 3
+# The launcher's statuses after SIGTERM / SIGINT (gradmix_tf.preemption).
+SIGNAL_STOPPED = (143, 130)
 STOPPED_FILE = "stopped.json"
 
 
@@ -73,6 +75,12 @@ def launch(workdir, flags, command_prefix=None):
     with open(os.path.join(workdir, STOPPED_FILE), "w") as f:
       json.dump(record, f, indent=2)
     return f"stopped: {record['error']}"
+  if code in SIGNAL_STOPPED:
+    # SIGTERM / SIGINT: the run saved its step; the grid stops between
+    # runs, and the same bench command resumes that run, then the rest.
+    print(f"stopped by a signal in {workdir} (it saved its step); run the "
+          "same command again to resume", file=sys.stderr)
+    raise SystemExit(code)
   if code:
     raise SystemExit(f"run failed ({code}): {' '.join(command)}; see "
                      f"{log_path}")

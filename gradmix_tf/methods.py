@@ -118,6 +118,8 @@ REGISTRY = (
     Method("gradmix", _STILL_AND_VIDEO, _MULTI_SOURCE),
     Method("gradmix_no_adalr", _STILL_AND_VIDEO, _MULTI_SOURCE),
     Method("gradmix_sgd", _STILL_AND_VIDEO, _MULTI_SOURCE),
+    # Ours, not the paper's: GradMix, then fine-tuning on V.
+    Method("gradmix_finetune", _STILL_AND_VIDEO, _MULTI_SOURCE),
     Method("gradmf", _STILL_AND_VIDEO, _MULTI_SOURCE, section="gradmf",
            section_defaults=GRADMF_DEFAULTS),
     Method("gradmix_vat", _STILL_AND_VIDEO, _MULTI_SOURCE, section="vat",

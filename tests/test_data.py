@@ -429,3 +429,88 @@ def test_a_nan_pixel_in_a_float_npz_source_is_refused_by_the_launcher(
   assert_one_error_line(result, f"npz:{path}: train images hold 1 "
                         "non-finite values", "the first in image 7")
   assert not (tmp_path / "run").exists()
+
+
+# -- syndigits: printed digits in SVHN's role ---------------------------------
+
+
+def test_syndigits_are_deterministic_uint8_and_differ_by_seed(shared_data):
+  from gradmix_tf.data import syndigits  # pylint: disable=g-import-not-at-top
+  backgrounds = mnistm.load_backgrounds(shared_data)
+  bank = syndigits.glyph_bank()
+  assert len(bank) == len(syndigits.FONTS) == 21
+  x, y = syndigits.render_split(40, bank, backgrounds, [0, 0])
+  again, y_again = syndigits.render_split(40, bank, backgrounds, [0, 0])
+  other, _ = syndigits.render_split(40, bank, backgrounds, [0, 1])
+  assert x.shape == (40, 32, 32, 3) and x.dtype == np.uint8
+  np.testing.assert_array_equal(x, again)
+  np.testing.assert_array_equal(y, y_again)
+  assert not np.array_equal(x, other)
+  assert set(y) <= set(range(10)) and len(set(y)) > 5
+  # Every image has contrast: the digit's colour is at least 60 luminance
+  # levels from the background's mean (before blur and noise), so the
+  # spread of an image's luminance is well above the noise's (std <= 8).
+  luminance = x.astype(np.float64) @ [0.299, 0.587, 0.114]
+  assert (luminance.reshape(40, -1).std(axis=1) > 8).mean() > 0.9
+
+
+def test_a_syndigit_shows_its_label_in_the_middle():
+  """Without photo, rotation, blur or noise, the middle of the frame holds
+  the glyph of the label: its mask correlates with that digit's glyph,
+  drawn alone at the same place, more than with any other digit's."""
+  from gradmix_tf.data import syndigits  # pylint: disable=g-import-not-at-top
+  bank = syndigits.glyph_bank(("DejaVuSans.ttf",))
+  for label in range(10):
+    rng = np.random.default_rng(label)
+    canvas, row, col, height = syndigits._line_of_glyphs(  # pylint: disable=protected-access
+        [bank[0][1], bank[0][label], bank[0][1]], gap=8)
+    mask = syndigits._digit_mask(canvas, row, col, height, rng)  # pylint: disable=protected-access
+    scores = []
+    for digit in range(10):
+      alone = np.zeros_like(canvas)
+      glyph = bank[0][digit]
+      top = int(row - glyph.shape[0] / 2)
+      left = int(col - glyph.shape[1] / 2)
+      alone[top:top + glyph.shape[0], left:left + glyph.shape[1]] = glyph
+      reference = syndigits._digit_mask(alone, row, col, height,  # pylint: disable=protected-access
+                                        np.random.default_rng(label))
+      middle = (slice(8, 24), slice(10, 22))
+      scores.append(np.corrcoef(mask[middle].ravel(),
+                                reference[middle].ravel())[0, 1])
+    assert int(np.argmax(scores)) == label, (label, np.round(scores, 3))
+
+
+def test_syndigits_are_built_once_cached_and_refuse_a_missing_font(
+    shared_data, tmp_path, monkeypatch):
+  from gradmix_tf.data import specs, syndigits  # pylint: disable=g-import-not-at-top
+  built = specs.load_dataset("syndigits:60,20", shared_data, str(tmp_path))
+  assert built.x_train.shape == (60, 32, 32, 3)
+  assert built.x_test.shape == (20, 32, 32, 3)
+  (cache,) = os.listdir(tmp_path)
+  assert cache.startswith("syndigits_seed0_60x20_") and cache.endswith(".npz")
+  cached = specs.load_dataset("syndigits:60,20", shared_data, str(tmp_path))
+  np.testing.assert_array_equal(cached.x_train, built.x_train)
+  np.testing.assert_array_equal(cached.y_test, built.y_test)
+  with pytest.raises(DataError, match="syndigits:<train images>,<test"):
+    specs.load_dataset("syndigits:60", shared_data, str(tmp_path))
+  monkeypatch.setattr(syndigits, "FONTS", ("NoSuchFont.ttf",))
+  with pytest.raises(DataError, match="needs the font .*NoSuchFont.ttf"):
+    specs.load_dataset("syndigits:60,20", shared_data, str(tmp_path / "b"))
+
+
+def test_digits_syn_mnist_runs_quick_from_its_config(shared_data, tmp_path):
+  """The far twin's config trains (a small syndigits set rendered on first
+  use into the test's cache)."""
+  from conftest import run_module  # pylint: disable=g-import-not-at-top
+  result = run_module(
+      "gradmix_tf.launch", "--config=digits_syn_mnist", "--config.quick=True",
+      f"--config.data_dir={shared_data}",
+      f"--config.cache_dir={tmp_path / 'cache'}",
+      "--config.sources.s1.dataset=syndigits:2000,200",
+      f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  import json  # pylint: disable=g-import-not-at-top
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["config"] == "digits_syn_mnist" and metrics["steps"] == 30
+  assert metrics["num_examples"]["s1"] == 300       # quick mode's cap
+  assert os.listdir(tmp_path / "cache")[0].startswith("syndigits_seed0_")

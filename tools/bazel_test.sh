@@ -112,7 +112,7 @@ for path in glob.glob(os.path.join(sys.argv[1], "**", "test.xml"),
     failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
     skipped += int(suite.get("skipped", 0))
 collected = subprocess.run(
-    [sys.executable, "-m", "pytest", "--collect-only", "-q",
+    [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0",
      "-p", "no:cacheprovider", *sys.argv[2:]],
     capture_output=True, text=True).stdout.strip().splitlines()[-1]
 expected = int(collected.split()[0])

@@ -1,5 +1,6 @@
-"""A dataset by its spec: `mnist`, `svhn`, `mnistm`, `npz:<path>`,
-`folder:<path>` or `tfds:<name>[:<split>]`.
+"""A dataset by its spec: `mnist`, `svhn`, `mnistm`, `syndigits` (printed
+digits, `syndigits.py`; `syndigits:<train>,<test>` a smaller set), `npz:<path>`, `folder:<path>` or
+`tfds:<name>[:<split>]`.
 
 The one place that knows every digit dataset (`digits` reads MNIST, SVHN
 and `.npz` files; `mnistm` builds MNIST-M from MNIST), so neither of those
@@ -36,6 +37,7 @@ import numpy as np
 from gradmix_tf.data import digits
 from gradmix_tf.data import image_files
 from gradmix_tf.data import mnistm
+from gradmix_tf.data import syndigits
 from gradmix_tf.errors import DataError
 
 TFDS_FEATURES = ("image", "label")
@@ -63,9 +65,24 @@ def load_dataset(spec, data_dir, cache_dir, mnistm_seed=0, stream=False):
     return digits.load_svhn(data_dir)
   if spec == "mnistm":
     return mnistm.load_mnistm(data_dir, cache_dir, seed=mnistm_seed)
+  if spec == "syndigits" or spec.startswith("syndigits:"):
+    return syndigits.load_syndigits(data_dir, cache_dir,
+                                    sizes=_syndigits_sizes(spec))
   raise DataError(
-      f"unknown dataset {spec!r}: use mnist, svhn, mnistm, npz:<path>, "
-      "folder:<path> or tfds:<name>[:<split>]")
+      f"unknown dataset {spec!r}: use mnist, svhn, mnistm, syndigits, "
+      "npz:<path>, folder:<path> or tfds:<name>[:<split>]")
+
+
+def _syndigits_sizes(spec):
+  """`syndigits` -> the full sizes; `syndigits:<train>,<test>` -> those
+  (a smaller set for smoke tests)."""
+  if spec == "syndigits":
+    return syndigits.TRAIN_SIZE, syndigits.TEST_SIZE
+  sizes = spec[len("syndigits:"):].split(",")
+  if len(sizes) != 2 or not all(n.isdigit() and int(n) > 0 for n in sizes):
+    raise DataError(f"{spec!r}: write syndigits or syndigits:<train "
+                    "images>,<test images> (e.g. syndigits:3000,500)")
+  return int(sizes[0]), int(sizes[1])
 
 
 def _not_prepared(spec, name, tfds_dir):

@@ -139,6 +139,16 @@ class MultiSourceTask(Task):
           "gradmix", steps, optimizer, self.gradmix_step(optimizer),
           with_unlabelled=True,
           source_names=self.source_names() + (UNLABELLED_SOURCE[method],))]
+    if method == "gradmix_finetune":
+      # Not a method of the paper: GradMix's model fine-tuned on V as
+      # fine_tune fine-tunes source only's.
+      optimizer = make_gradmix(config, "gradmix")
+      tuning = sgd.make_sgd(config, config.finetune_lr)
+      return [self.phase("gradmix", steps, optimizer,
+                         self.gradmix_step(optimizer),
+                         source_names=self.source_names()),
+              self.phase("target", int(config.finetune_steps), tuning,
+                         self.target_step(tuning))]
     optimizer = make_gradmix(config, method)
     return [self.phase("gradmix", steps, optimizer,
                        self.gradmix_step(optimizer),
