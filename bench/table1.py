@@ -34,6 +34,7 @@ LABELS = {
     "gradmix_sgd": "GradMix SGD",
     "gradmix_no_adalr": "GradMix w/o AdaLR",
     "gradmix": "GradMix",
+    "gradmix_finetune": "GradMix, then fine-tune (ours, not the paper's)",
 }
 # Paper, Table 1 (SVHN 5-9 + MNIST 0-4 -> MNIST 5-9), mean ± s.e., 10 runs.
 PAPER = {

@@ -118,14 +118,19 @@ class StepStopper:
 
   Args:
     strategy: the run's strategy.
-    manager: the run's `tf.train.CheckpointManager` (passed to
-      TensorFlow's handler under multi-worker, which restores from it).
+    manager: the run's `tf.train.CheckpointManager` (TensorFlow's handler,
+      under multi-worker, restores from the first run's of the process).
     save: `save(step)` writes the run's checkpoint at `step`.
     request: the `StopRequest` to watch.
 
-  TensorFlow's handler looks up whether it runs on Google Cloud (an HTTP
-  request to the metadata server, `$GCE_METADATA_IP`, default
-  `metadata.google.internal`), where it does nothing for CPU workers.
+  Under multi-worker one `PreemptionCheckpointHandler` serves every run of
+  the process (a pipeline's runs one after another): its keys in the
+  coordination service are set once per cluster, so a second handler
+  would never hear of a preemption. It saves and stops through the
+  stopper of the run in progress. It also asks whether it runs on Google
+  Cloud (an HTTP request to the metadata server, `$GCE_METADATA_IP`,
+  default `metadata.google.internal`), where it does nothing for CPU
+  workers.
   """
 
   def __init__(self, strategy, manager, save, request=REQUEST):
@@ -136,12 +141,19 @@ class StepStopper:
     reclaim_signals()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.cluster_resolver.cluster_spec().jobs):
-      with strategy.scope():
-        self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            strategy.cluster_resolver, manager,
-            termination_config=tf.distribute.experimental.TerminationConfig(
-                termination_watcher_fn=request.is_set,
-                exit_fn=self._raise_stopped, save_fn=save, grace_period=0))
+      _CURRENT[:] = [self]
+      if not _HANDLER:
+        with strategy.scope():
+          _HANDLER.append(
+              tf.distribute.experimental.PreemptionCheckpointHandler(
+                  strategy.cluster_resolver, manager,
+                  termination_config=(
+                      tf.distribute.experimental.TerminationConfig(
+                          termination_watcher_fn=request.is_set,
+                          exit_fn=lambda: _CURRENT[0].stop(),
+                          save_fn=lambda step: _CURRENT[0].save(step),
+                          grace_period=0))))
+      self._handler = _HANDLER[0]
 
   def after_step(self, step, saved=False):
     """Stops the run at `step` if a stop was asked for (on any worker).
@@ -159,11 +171,20 @@ class StepStopper:
       return
     if self._request.is_set():
       if not saved:
-        self._save(step)
-      self._raise_stopped()
+        self.save(step)
+      self.stop()
 
-  def _raise_stopped(self):
+  def save(self, step):
+    self._save(step)
+
+  def stop(self):
+    """Raises `RunStopped` at the last step `after_step` was given."""
     if self._request.is_set():
       raise RunStopped(self._step, self._request.signal_name,
                        self._request.exit_status)
     raise RunStopped(self._step)
+
+
+# The process's multi-worker handler and the stopper of the run in progress.
+_HANDLER = []
+_CURRENT = []
