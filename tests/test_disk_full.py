@@ -174,6 +174,7 @@ def test_an_export_that_does_not_fit_leaves_no_partial_version(small_disk,
   assert os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
+@pytest.mark.multiprocess
 def test_a_launcher_run_on_a_full_disk_stops_in_one_line_and_then_resumes(
     shared_data, small_disk):
   """The quick run's checkpoint at step 20 does not fit in 3 MB: exit 3,

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import REPO, SHARED_DATA
 
+pytestmark = pytest.mark.multiprocess
+
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 WORKER_TIMEOUT = 240
 

@@ -60,6 +60,7 @@ def _wait_for(lines, text):
   pytest.fail(f"the run ended before printing {text!r}")
 
 
+@pytest.mark.multiprocess
 def test_sigterm_stops_at_a_checkpoint_and_the_rerun_is_bit_identical(
     shared_data, tmp_path):
   launch.train(_quick_config(shared_data), str(tmp_path / "whole"))

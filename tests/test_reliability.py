@@ -600,6 +600,7 @@ def _final_arrays(workdir):
           if not any(part in name for part in skip)}
 
 
+@pytest.mark.multiprocess
 def test_runs_killed_at_random_times_resume_to_the_same_result(shared_data,
                                                                tmp_path):
   ctx = _Context(tmp_path, None)
