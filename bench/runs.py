@@ -17,13 +17,21 @@ SIGNAL_STOPPED = (143, 130)
 STOPPED_FILE = "stopped.json"
 
 
+# `stopped.json` reasons of runs that the same command resumes: a signal
+# (SIGTERM / SIGINT, `gradmix_tf.preemption`) or a full disk.
+RESUMABLE = ("SIGTERM", "SIGINT", "preempted", "no_space")
+
+
 def stopped_record(workdir):
-  """The `stopped.json` of a run that training stopped, else None."""
+  """The `stopped.json` of a run that training stopped for good (it
+  diverged), else None: a run stopped by a signal or a full disk is not
+  a result, and is resumed."""
   path = os.path.join(workdir, STOPPED_FILE)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    record = json.load(f)
+  return None if record.get("reason") in RESUMABLE else record
 
 
 def finished_metrics(workdir):

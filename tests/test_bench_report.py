@@ -95,6 +95,30 @@ def test_a_diverged_run_is_recorded_once_and_counted(tmp_path):
   assert table1.load(runs_dir, "gradmix_vat", 5, [0, 1, 2]) == []
 
 
+def test_a_run_stopped_by_a_signal_stops_the_grid_and_is_resumed(tmp_path,
+                                                                 capsys):
+  """Exit 143 with `stopped.json` (reason SIGTERM): the grid stops between
+  runs (same status), and the next call runs that run again to resume it;
+  a diverged run (reason non_finite) would not be."""
+  runs = _load("runs")
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / runs.STOPPED_FILE).write_text(json.dumps(
+      {"error": None, "step": 955, "reason": "SIGTERM", "source": None}))
+  prefix = _fake_launcher(tmp_path, 143, "stopped by SIGTERM at step 955")
+  with pytest.raises(SystemExit) as stop:
+    runs.launch(str(workdir), [], prefix)
+  assert stop.value.code == 143
+  assert "run the same command again to resume" in capsys.readouterr().err
+  assert runs.stopped_record(str(workdir)) is None
+  with pytest.raises(SystemExit):
+    runs.launch(str(workdir), [], prefix)
+  assert (tmp_path / "calls").read_text() == "2"       # started again
+  (workdir / runs.STOPPED_FILE).write_text(json.dumps(
+      {"error": "error: x", "step": 9, "reason": "non_finite"}))
+  assert runs.stopped_record(str(workdir))["reason"] == "non_finite"
+
+
 def test_any_other_failed_run_ends_the_script(tmp_path):
   runs = _load("runs")
   prefix = _fake_launcher(tmp_path, 2, "error: unknown method 'x'")
