@@ -19,7 +19,9 @@ import pytest
 
 from conftest import REPO, SHARED_DATA
 
-pytestmark = pytest.mark.multiprocess
+# One process runs them all: the module fixtures (one-device and two-worker
+# reference runs) are computed once.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("distributed")]
 
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 WORKER_TIMEOUT = 240

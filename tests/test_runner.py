@@ -107,7 +107,8 @@ def test_every_method_trains_and_writes_metrics(tmp_path, method):
   for field in ("method", "steps", "seed", "k", "test_accuracy",
                 "hyperval_accuracy", "wall_seconds"):
     assert field in metrics
-  assert metrics["steps"] == 4 + (3 if method == "fine_tune" else 0)
+  assert metrics["steps"] == 4 + (3 if method in ("fine_tune", "gradmix_finetune")
+                                  else 0)
   assert metrics["method"] == method
   assert 0.0 <= metrics["test_accuracy"] <= 1.0
   assert [point[0] for point in metrics["hyperval_curve"]] == list(
