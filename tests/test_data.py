@@ -499,18 +499,15 @@ def test_syndigits_are_built_once_cached_and_refuse_a_missing_font(
 
 
 def test_digits_syn_mnist_runs_quick_from_its_config(shared_data, tmp_path):
-  """The far twin's config trains (a small syndigits set rendered on first
-  use into the test's cache)."""
-  from conftest import run_module  # pylint: disable=g-import-not-at-top
-  result = run_module(
-      "gradmix_tf.launch", "--config=digits_syn_mnist", "--config.quick=True",
-      f"--config.data_dir={shared_data}",
-      f"--config.cache_dir={tmp_path / 'cache'}",
-      "--config.sources.s1.dataset=syndigits:2000,200",
-      f"--workdir={tmp_path / 'run'}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  import json  # pylint: disable=g-import-not-at-top
-  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  """The far twin's config trains through the launcher's `train` (a small
+  syndigits set rendered on first use into the test's cache)."""
+  from gradmix_tf import launch  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("digits_syn_mnist")
+  config.quick = True
+  config.data_dir = shared_data
+  config.cache_dir = str(tmp_path / "cache")
+  config.sources.s1.dataset = "syndigits:2000,200"
+  metrics = launch.train(config, str(tmp_path / "run"))
   assert metrics["config"] == "digits_syn_mnist" and metrics["steps"] == 30
   assert metrics["num_examples"]["s1"] == 300       # quick mode's cap
   assert os.listdir(tmp_path / "cache")[0].startswith("syndigits_seed0_")

@@ -19,9 +19,7 @@ import pytest
 
 from conftest import REPO, SHARED_DATA
 
-# One process runs them all: the module fixtures (one-device and two-worker
-# reference runs) are computed once.
-pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("distributed")]
+pytestmark = pytest.mark.multiprocess
 
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 WORKER_TIMEOUT = 240

@@ -1,34 +1,22 @@
 """SIGTERM and SIGINT stop a run after the current step, with a checkpoint
 there, and the same command resumes it to the result of an uninterrupted
-run, bit for bit (`gradmix_tf.preemption`; docs/RELIABILITY.md).
+run, bit for bit (`gradmix_tf.preemption`; docs/RELIABILITY.md). The
+launcher's SIGTERM is tested beside its SIGKILL in test_reliability.py,
+the multi-worker stop in test_distributed.py.
 """
 
-import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, tiny_config, tiny_data
-from gradmix_tf import launch
+from conftest import tiny_config, tiny_data
 from gradmix_tf import preemption
 from gradmix_tf.errors import RunStopped
 from gradmix_tf.runner import build_runner
-
-# TensorFlow's multi-worker preemption handler asks the Google Cloud
-# metadata server whether it runs there: pointed at a closed local port,
-# the answer (no) comes at once and nothing leaves the machine.
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", GCE_METADATA_IP="127.0.0.1:9")
-STOPPED_LINE = re.compile(r"^stopped (by SIGTERM|because another worker of "
-                          r"the cluster was stopped) at step (\d+); rerun the "
-                          r"same command to resume$", re.MULTILINE)
-
 
 def final_arrays(checkpoint_dir):
   """Every array of the newest checkpoint in `checkpoint_dir` (weights,
@@ -46,66 +34,6 @@ def assert_same_arrays(reference, other):
   assert reference.keys() == other.keys()
   for name in reference:
     np.testing.assert_array_equal(other[name], reference[name], err_msg=name)
-
-
-def _quick_args(shared_data, workdir):
-  return ["--config=digits_mnistm", "--config.quick=True",
-          f"--config.data_dir={shared_data}", f"--workdir={workdir}"]
-
-
-def _wait_for(lines, text):
-  for line in lines:
-    if text in line:
-      return
-  pytest.fail(f"the run ended before printing {text!r}")
-
-
-@pytest.mark.multiprocess
-def test_sigterm_stops_at_a_checkpoint_and_the_rerun_is_bit_identical(
-    shared_data, tmp_path):
-  launch.train(_quick_config(shared_data), str(tmp_path / "whole"))
-  command = [sys.executable, "-m", "gradmix_tf.launch",
-             *_quick_args(shared_data, tmp_path / "stopped")]
-  process = subprocess.Popen(command, cwd=REPO, env=ENV,
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  _wait_for(process.stderr, "] [gradmix] step 10/30")
-  process.send_signal(signal.SIGTERM)
-  stderr = process.stderr.read()
-  process.wait(timeout=120)
-  assert process.returncode == 143, stderr[-3000:]
-  assert "Traceback" not in stderr and "error:" not in stderr, stderr[-3000:]
-  match = STOPPED_LINE.search(stderr)
-  assert match and match.group(1) == "by SIGTERM", stderr[-3000:]
-  step = int(match.group(2))
-  assert 10 <= step < 30       # quick mode: checkpoints at 20 and 30 only
-  run = tmp_path / "stopped"
-  record = json.loads((run / "stopped.json").read_text())
-  assert record["reason"] == "SIGTERM" and record["step"] == step
-  assert int(tf.train.load_checkpoint(str(run / "checkpoints")).get_tensor(
-      "step/.ATTRIBUTES/VARIABLE_VALUE")) == step
-  assert not (run / "metrics.json").exists()
-
-  resumed = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True,
-                           text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"at step {step}." in resumed.stderr        # "Resumed from ..."
-  assert not (run / "stopped.json").exists()
-  assert_same_arrays(final_arrays(tmp_path / "whole" / "checkpoints"),
-                     final_arrays(run / "checkpoints"))
-  whole, metrics = (json.loads((tmp_path / name / "metrics.json").read_text())
-                    for name in ("whole", "stopped"))
-  assert metrics["resumed_from_step"] == step
-  for field in ("test_accuracy", "test_loss", "hyperval_curve",
-                "test_accuracy_at_best_hyperval"):
-    assert metrics[field] == whole[field], field
-
-
-def _quick_config(shared_data):
-  config = launch.config_lib.load_config("digits_mnistm")
-  config.quick = True
-  config.data_dir = shared_data
-  return config
 
 
 def test_sigint_stops_after_the_step_it_came_in_and_ignores_a_second_signal(

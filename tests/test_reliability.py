@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -600,15 +601,37 @@ def _final_arrays(workdir):
           if not any(part in name for part in skip)}
 
 
+@pytest.fixture(scope="module")
+def whole_quick_run(tmp_path_factory):
+  """An uninterrupted quick digits_mnistm run, in this process: the
+  reference of the kill and stop tests."""
+  if not os.path.isfile(os.path.join(SHARED_DATA, "mnist.npz")):
+    pytest.skip("../shared/data/mnist.npz is not present")
+  from gradmix_tf import launch  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("whole")
+  launch.train(_digits_config(data_dir=SHARED_DATA, quick=True), str(workdir))
+  return workdir
+
+
+def _assert_resumed_to_the_same_result(whole, resumed):
+  whole_arrays, resumed_arrays = _final_arrays(whole), _final_arrays(resumed)
+  assert whole_arrays.keys() == resumed_arrays.keys()
+  for name in whole_arrays:
+    np.testing.assert_array_equal(resumed_arrays[name], whole_arrays[name],
+                                  err_msg=name)
+  metrics = [json.loads((path / "metrics.json").read_text())
+             for path in (whole, resumed)]
+  for field in ("test_accuracy", "test_loss", "hyperval_curve",
+                "test_accuracy_at_best_hyperval"):
+    assert metrics[0][field] == metrics[1][field], field
+  return metrics[1]
+
+
 @pytest.mark.multiprocess
-def test_runs_killed_at_random_times_resume_to_the_same_result(shared_data,
-                                                               tmp_path):
+def test_runs_killed_at_random_times_resume_to_the_same_result(
+    shared_data, whole_quick_run, tmp_path):
   ctx = _Context(tmp_path, None)
   ctx.data = shared_data
-  # The uninterrupted reference, in this process (TensorFlow is up).
-  from gradmix_tf import launch  # pylint: disable=g-import-not-at-top
-  launch.train(_digits_config(data_dir=shared_data, quick=True),
-               str(tmp_path / "whole"))
   rng = np.random.default_rng(0)
   killed = tmp_path / "killed"
   command = [sys.executable, "-m", "gradmix_tf.launch",
@@ -627,16 +650,51 @@ def test_runs_killed_at_random_times_resume_to_the_same_result(shared_data,
   finished = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True,
                             text=True, timeout=300)
   assert finished.returncode == 0, finished.stderr[-3000:]
-  whole, resumed = (_final_arrays(tmp_path / name)
-                    for name in ("whole", "killed"))
-  assert whole.keys() == resumed.keys()
-  for name in whole:
-    np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
-  metrics = [json.loads((tmp_path / name / "metrics.json").read_text())
-             for name in ("whole", "killed")]
-  for field in ("test_accuracy", "test_loss", "hyperval_curve",
-                "test_accuracy_at_best_hyperval"):
-    assert metrics[0][field] == metrics[1][field], field
+  _assert_resumed_to_the_same_result(whole_quick_run, killed)
+
+
+_STOPPED_LINE = re.compile(r"^stopped by SIGTERM at step (\d+); rerun the "
+                           r"same command to resume$", re.MULTILINE)
+
+
+@pytest.mark.multiprocess
+def test_sigterm_stops_at_a_checkpoint_and_the_rerun_is_bit_identical(
+    shared_data, whole_quick_run, tmp_path):
+  """SIGTERM after step 10 of 30 (quick mode checkpoints at 20 and 30
+  only): exit 143, one line, `stopped.json`, a checkpoint at the step the
+  run was on; the same command (here `launch.train`, in this process)
+  resumes there and ends with every array and metric of the uninterrupted
+  run (`gradmix_tf.preemption`)."""
+  ctx = _Context(tmp_path, None)
+  ctx.data = shared_data
+  run = tmp_path / "stopped"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "gradmix_tf.launch",
+       *_quick(ctx, workdir=run, own_cache=False)],
+      cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
+  for line in process.stderr:
+    if "] [gradmix] step 10/30" in line:
+      break
+  process.send_signal(signal.SIGTERM)
+  stderr = process.stderr.read()
+  process.wait(timeout=120)
+  assert process.returncode == 143, stderr[-3000:]
+  assert "Traceback" not in stderr and "error:" not in stderr, stderr[-3000:]
+  match = _STOPPED_LINE.search(stderr)
+  assert match, stderr[-3000:]
+  step = int(match.group(1))
+  assert 10 <= step < 30
+  record = json.loads((run / "stopped.json").read_text())
+  assert record["reason"] == "SIGTERM" and record["step"] == step
+  assert int(tf.train.load_checkpoint(str(run / "checkpoints")).get_tensor(
+      "step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+  assert not (run / "metrics.json").exists()
+  from gradmix_tf import launch  # pylint: disable=g-import-not-at-top
+  launch.train(_digits_config(data_dir=shared_data, quick=True), str(run))
+  assert not (run / "stopped.json").exists()
+  metrics = _assert_resumed_to_the_same_result(whole_quick_run, run)
+  assert metrics["resumed_from_step"] == step
 
 
 # -- Non-finite steps in every phase of every method --------------------------
