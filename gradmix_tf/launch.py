@@ -95,11 +95,10 @@ def _train(config, workdir):
         run_directory.record_stop(workdir, err, reason=err.signal_name)
       raise
     except (TrainingError, NoSpaceError) as err:
-      if chief and getattr(err, "step", None) is not None:
+      if not stopped_training(err):    # a full disk before training
+        run.discard_unstarted(fresh)
+      elif chief:
         run_directory.record_stop(workdir, err)
-      if isinstance(err, TrainingError) or err.step is not None:
-        raise
-      run.discard_unstarted(fresh)
       raise
     except Exception:  # pylint: disable=broad-except
       # Bad input (a UserError) or a bug (which keeps its traceback): a run
@@ -110,6 +109,14 @@ def _train(config, workdir):
     if chief:
       run_directory.clear_stop(workdir)
     return metrics
+
+
+def stopped_training(error):
+  """Whether `error` stopped a run that was training (exit status 3,
+  `stopped.json`): non-finite steps, or a full disk mid-training; a full
+  disk before training is bad input (status 2)."""
+  return isinstance(error, TrainingError) or (
+      isinstance(error, NoSpaceError) and error.step is not None)
 
 
 def _reads_with_tensorflow(config):
@@ -166,9 +173,8 @@ def main(argv):
   except RunStopped as err:
     cli.stop(err, err.exit_status)
   except (TrainingError, NoSpaceError) as err:
-    if getattr(err, "step", None) is None:
-      cli.fail(err)
-    cli.fail(err, EXIT_TRAINING_STOPPED)
+    cli.fail(err, EXIT_TRAINING_STOPPED if stopped_training(err)
+             else EXIT_USER_ERROR)
   except UserError as err:
     cli.fail(err)
 
