@@ -27,14 +27,13 @@ def is_out_of_space(err):
 
 
 def human_bytes(count):
-  """`1536` -> `"1.5 KiB"`."""
-  count = float(count)
-  for unit in ("bytes", "KiB", "MiB", "GiB"):
-    if count < 1024 or unit == "GiB":
-      return f"{count:.0f} {unit}" if unit == "bytes" else (
-          f"{count:.1f} {unit}")
-    count /= 1024
-  return None  # Not reached.
+  """`100` -> `"100 bytes"`, `1536` -> `"1.5 KiB"` (up to GiB)."""
+  if count < 1024:
+    return f"{count:.0f} bytes"
+  for power, unit in enumerate(("KiB", "MiB", "GiB"), start=1):
+    if count < 1024 ** (power + 1) or unit == "GiB":
+      return f"{count / 1024 ** power:.1f} {unit}"
+  return None  # Not reached: GiB takes every larger count.
 
 
 def free_bytes(path):
