@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
+from gradmix_tf.data import cache
 from gradmix_tf.data import digits
 from gradmix_tf.errors import DataError
-from gradmix_tf.files import probe_writable, space_for
 
 BSDS_FILE = "bsds500_train.npz"
 _CHUNK = 8192
@@ -77,45 +77,14 @@ def load_mnistm(data_dir, cache_dir, seed=0):
       mnist.x_train[::97].tobytes() + mnist.x_test[::97].tobytes()
   ).hexdigest()[:12]
   cache_path = os.path.join(cache_dir, f"mnistm_seed{seed}_{fingerprint}.npz")
-  if os.path.isfile(cache_path):
-    try:
-      return digits.load_npz(cache_path, name="mnistm")
-    except DataError:
-      # A broken cache is rebuilt, never trusted (where it cannot be
-      # removed, writing the new one below says so).
-      try:
-        os.remove(cache_path)
-      except OSError:
-        pass
-  backgrounds = load_backgrounds(data_dir)
-  try:
-    probe_writable(cache_dir)      # before the build, not after it
-  except OSError as err:
-    raise _cache_error(cache_dir, err) from None
-  dataset = digits.DigitDataset(
-      "mnistm",
-      blend_with_backgrounds(mnist.x_train, backgrounds, [seed, 0]),
-      mnist.y_train,
-      blend_with_backgrounds(mnist.x_test, backgrounds, [seed, 1]),
-      mnist.y_test)
-  partial = cache_path + f".tmp{os.getpid()}.npz"
-  arrays = {"x_train": dataset.x_train, "y_train": dataset.y_train,
-            "x_test": dataset.x_test, "y_test": dataset.y_test}
-  try:
-    os.makedirs(cache_dir, exist_ok=True)
-    with space_for(cache_dir, "the MNIST-M cache",
-                   sum(a.nbytes for a in arrays.values()), partial=[partial]):
-      np.savez(partial, **arrays)
-      os.replace(partial, cache_path)
-  except OSError as err:
-    if os.path.exists(partial):
-      os.remove(partial)
-    raise _cache_error(cache_dir, err) from None
-  return dataset
 
+  def build():
+    backgrounds = load_backgrounds(data_dir)
+    return digits.DigitDataset(
+        "mnistm",
+        blend_with_backgrounds(mnist.x_train, backgrounds, [seed, 0]),
+        mnist.y_train,
+        blend_with_backgrounds(mnist.x_test, backgrounds, [seed, 1]),
+        mnist.y_test)
 
-def _cache_error(cache_dir, err):
-  return DataError(
-      f"cannot write the MNIST-M cache in {cache_dir} "
-      f"({err.strerror or err}): set --config.cache_dir or "
-      "$GRADMIX_CACHE_DIR to a writable directory")
+  return cache.cached_dataset(cache_path, "mnistm", "MNIST-M", build)

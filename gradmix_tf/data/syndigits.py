@@ -38,10 +38,10 @@ from absl import logging
 import numpy as np
 from scipy import ndimage
 
+from gradmix_tf.data import cache
 from gradmix_tf.data import digits
 from gradmix_tf.data import mnistm
 from gradmix_tf.errors import DataError
-from gradmix_tf.files import probe_writable, space_for
 
 # Bump when the recipe changes: a new version is a new cache file.
 VERSION = 1
@@ -226,32 +226,13 @@ def load_syndigits(data_dir, cache_dir, seed=0, sizes=(TRAIN_SIZE,
   cache_path = os.path.join(
       cache_dir,
       f"syndigits_seed{seed}{sizes_tag}_{_fingerprint(backgrounds)}.npz")
-  if os.path.isfile(cache_path):
-    try:
-      return digits.load_npz(cache_path, name="syndigits")
-    except DataError:
-      try:       # a broken cache is rebuilt, never trusted
-        os.remove(cache_path)
-      except OSError:
-        pass
-  try:
-    probe_writable(cache_dir)      # before the build, not after it
-  except OSError as err:
-    raise DataError(
-        f"cannot write the syndigits cache in {cache_dir} "
-        f"({err.strerror or err}): set --config.cache_dir or "
-        "$GRADMIX_CACHE_DIR to a writable directory") from None
-  bank = glyph_bank()
-  x_train, y_train = render_split(sizes[0], bank, backgrounds, [seed, 0],
-                                  "syndigits train")
-  x_test, y_test = render_split(sizes[1], bank, backgrounds, [seed, 1],
-                                "syndigits test")
-  arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test,
-            "y_test": y_test}
-  partial = cache_path + f".tmp{os.getpid()}.npz"
-  os.makedirs(cache_dir, exist_ok=True)
-  with space_for(cache_dir, "the syndigits cache",
-                 sum(a.nbytes for a in arrays.values()), partial=[partial]):
-    np.savez(partial, **arrays)
-    os.replace(partial, cache_path)
-  return digits.DigitDataset("syndigits", x_train, y_train, x_test, y_test)
+
+  def build():
+    bank = glyph_bank()
+    x_train, y_train = render_split(sizes[0], bank, backgrounds, [seed, 0],
+                                    "syndigits train")
+    x_test, y_test = render_split(sizes[1], bank, backgrounds, [seed, 1],
+                                  "syndigits test")
+    return digits.DigitDataset("syndigits", x_train, y_train, x_test, y_test)
+
+  return cache.cached_dataset(cache_path, "syndigits", "syndigits", build)
